@@ -1,0 +1,5 @@
+import sys
+
+from camri.cli import main
+
+sys.exit(main())

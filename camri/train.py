@@ -1,0 +1,450 @@
+"""Train one model with one loss on one data set, reproducibly and resumably (``camri train``).
+
+A run directory holds config.json, metrics.csv, checkpoint.pt, and when finished angles.npz and
+summary.json (format: docs/run-format.md). Defaults are the paper's: Adam, lr 1e-3, batch 64, 300 epochs,
+no augmentation, pixels scaled to [0, 1].
+
+Reproducibility:
+- CPU: the same config and seed give identical metrics.csv and summary.json (timing columns aside), and a
+  run killed at any moment and resumed ends with exactly the metrics of an uninterrupted one: the batch
+  order of epoch e comes from a generator seeded by (seed, e), and the checkpoint holds every RNG state
+  (dropout) with the optimiser and the metrics history.
+- CUDA: cuDNN picks its fastest (non-deterministic) kernels, so two runs agree statistically, not bit for
+  bit; resume is exact up to that non-determinism.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import csv
+import io
+import math
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import camri
+from camri import data as camri_data
+from camri.io import atomic_write, atomic_write_json, atomic_write_text, read_json
+from camri.losses import IMPORTANT_LOSSES, LOSS_NAMES, build_loss, paper_margin, parse_margin
+from camri.metrics import (
+    angle_statistics,
+    angles_deg,
+    confusion_matrix,
+    recall_per_class,
+    relative_angle_variance,
+)
+from camri.models import Classifier, PaperCNN
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. Saved to config.json; a run directory belongs to one config."""
+
+    dataset: str = "digits"
+    loss: str = "ce"
+    important: list = field(default_factory=list)  # class indices (or names, resolved before training)
+    margin: list = field(default_factory=lambda: [paper_margin(4)])  # radians; one, or one per important
+    scale: float = 16.0
+    weight: float = 2.0  # WCE weight / CRWWCE false-negative weight of the important classes
+    fp_weight: float = 1.0  # CRWWCE false-positive weight
+    epochs: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3
+    width: float = 1.0
+    z_dim: int = 512
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | mps
+    amp: str = "auto"  # auto | bf16 | off: bf16 autocast; auto = on for CUDA
+    channels_last: str = "auto"  # auto | on | off: auto = on for CUDA
+    augment: bool = False  # random crop + flip (camri.data.augment_batch); the paper uses none
+    image_size: int | None = None  # data sets that are resized (gtsrb, awa2); None = their default
+    eval_batch_size: int = 1024
+    data_dir: str | None = None  # where the data is; not part of the run's identity
+
+    def identity(self) -> dict:
+        """The fields that must match for an existing run directory to be resumed or skipped."""
+        fields = dataclasses.asdict(self)
+        fields.pop("data_dir")
+        return fields
+
+    def validate(self) -> None:
+        if self.loss not in LOSS_NAMES:
+            raise ValueError(f"unknown loss {self.loss!r}: valid are {', '.join(LOSS_NAMES)}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "z_dim"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0; got {self.lr}")
+        choices = {"device": ("auto", "cpu", "cuda", "mps"), "amp": ("auto", "bf16", "off"),
+                   "channels_last": ("auto", "on", "off")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+
+
+class ConfigMismatchError(ValueError):
+    """An output directory already holds a run with another configuration."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is left as it was."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: CUDA, then Apple's MPS, then CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available: use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' was asked for but MPS is not available: use --device cpu or auto")
+    return torch.device(name)
+
+
+def resolve_important(important, classes: list[str]) -> list[int]:
+    """Class indices from indices or names (``3`` or ``cat``)."""
+    resolved = []
+    for item in important:
+        if isinstance(item, int) or (isinstance(item, str) and item.isdigit() and item not in classes):
+            index = int(item)
+            if not 0 <= index < len(classes):
+                raise ValueError(f"important class {index} is out of range: allowed are 0..{len(classes) - 1}")
+        elif item in classes:
+            index = classes.index(item)
+        else:
+            raise ValueError(f"important class {item!r} is not a class of this data set: valid are "
+                             f"{', '.join(classes)} or their indices 0..{len(classes) - 1}")
+        resolved.append(index)
+    return resolved
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # A fresh generator per (seed, epoch): the batch order needs no saved state to be resumed exactly.
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Run:
+    """One training run in ``out_dir``. ``Run(config, out_dir).execute()`` trains, resumes or skips."""
+
+    def __init__(self, config: TrainConfig, out_dir: str | Path, *, quiet: bool = False,
+                 dataset: camri_data.DataSet | None = None):
+        config.validate()
+        self.out = Path(out_dir)
+        self.quiet = quiet
+        self.data = dataset if dataset is not None else camri_data.load(
+            config.dataset, data_dir=config.data_dir, image_size=config.image_size)
+        self.config = dataclasses.replace(
+            config,
+            important=resolve_important(config.important, self.data.classes),
+            margin=[parse_margin(m) for m in (config.margin if isinstance(config.margin, (list, tuple))
+                                               else [config.margin])],
+        )
+        if self.config.loss in IMPORTANT_LOSSES and not self.config.important:
+            raise ValueError(f"loss {self.config.loss!r} needs at least one important class (--important)")
+        self.device = resolve_device(self.config.device)
+        cuda = self.device.type == "cuda"
+        self.amp = self.config.amp == "bf16" or (self.config.amp == "auto" and cuda)
+        self.channels_last = self.config.channels_last == "on" or (self.config.channels_last == "auto" and cuda)
+
+    # ---- files -------------------------------------------------------------------------------------
+    def _check_existing_config(self) -> None:
+        path = self.out / "config.json"
+        if not path.exists():
+            return
+        stored = read_json(path)["config"]
+        stored.pop("data_dir", None)
+        mine = self.config.identity()
+        diff = {k: (stored.get(k), v) for k, v in mine.items() if stored.get(k) != v}
+        if diff:
+            lines = ", ".join(f"{k}: stored {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            raise ConfigMismatchError(
+                f"{self.out} already holds a run with another configuration ({lines}). "
+                "Use another --out, or delete that directory to start over.")
+
+    def _write_config(self) -> None:
+        atomic_write_json(self.out / "config.json", {
+            "config": dataclasses.asdict(self.config),
+            "camri_version": camri.__version__,
+            "git_commit": _git_commit(),
+            "torch_version": torch.__version__,
+            "device": str(self.device),
+            "amp_bf16": self.amp,
+            "channels_last": self.channels_last,
+            "classes": self.data.classes,
+        })
+
+    def _write_metrics(self, rows: list[dict]) -> None:
+        buffer = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        atomic_write_text(self.out / "metrics.csv", buffer.getvalue())
+
+    # ---- model -------------------------------------------------------------------------------------
+    def _build(self) -> tuple[Classifier, torch.optim.Optimizer]:
+        c = self.config
+        torch.manual_seed(c.seed)
+        np.random.seed(c.seed)
+        random.seed(c.seed)
+        backbone = PaperCNN(in_channels=self.data.image_shape[0], width=c.width, z_dim=c.z_dim)
+        head = build_loss(c.loss, self.data.num_classes, c.z_dim, important=c.important,
+                          margin=c.margin if len(c.margin) > 1 else c.margin[0],
+                          scale=c.scale, weight=c.weight, fp_weight=c.fp_weight)
+        model = Classifier(backbone, head).to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model, torch.optim.Adam(model.parameters(), lr=c.lr)
+
+    def _inputs(self, x_uint8: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = camri_data.to_float(x_uint8.to(self.device, non_blocking=True))
+        if generator is not None:
+            x = camri_data.augment_batch(x, generator)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    # ---- training and evaluation -------------------------------------------------------------------
+    def _train_epoch(self, model, optimizer, epoch: int, bar) -> tuple[float, float]:
+        c = self.config
+        model.train()
+        x_all, y_all = self.data.x_train, self.data.y_train
+        order = torch.randperm(len(y_all), generator=_epoch_generator(c.seed, epoch))
+        augment_gen = _epoch_generator(c.seed + 7919, epoch) if c.augment else None
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        # The first non-finite step, tracked on the device so that no step waits for a host sync.
+        first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
+        steps = math.ceil(len(order) / c.batch_size)
+        for step in range(steps):
+            index = order[step * c.batch_size:(step + 1) * c.batch_size]
+            x = self._inputs(x_all[index], augment_gen)
+            y = y_all[index].to(self.device, non_blocking=True)
+            with self._autocast():
+                z = model(x)
+            loss = model.head(z, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                bad = ~torch.isfinite(loss)
+                first_bad = torch.where(bad & (first_bad < 0), torch.tensor(step, device=self.device), first_bad)
+                total_loss += loss.double() * len(y)
+                correct += (model.head.logits(z.detach()).argmax(1) == y).sum()
+            if step % 50 == 49 or step == steps - 1:
+                if first_bad.item() >= 0:
+                    raise NonFiniteLossError(
+                        f"the loss became NaN or inf at epoch {epoch}, step {first_bad.item() + 1} of {steps}; "
+                        f"stopped. The checkpoint of epoch {epoch - 1} in {self.out} is intact. "
+                        "Try a lower --lr or --scale, or --amp off.")
+                if bar is not None:
+                    bar.update(min(50, step % 50 + 1))
+                    bar.set_postfix(loss=f"{total_loss.item() / ((step + 1) * c.batch_size):.4f}")
+        n = len(order)
+        return total_loss.item() / n, correct.item() / n
+
+    @torch.no_grad()
+    def evaluate(self, model) -> dict:
+        """Features, cosines, logits and loss of the whole test set (no margin in the logits)."""
+        model.eval()
+        features = []
+        for start in range(0, len(self.data.y_test), self.config.eval_batch_size):
+            x = self._inputs(self.data.x_test[start:start + self.config.eval_batch_size])
+            with self._autocast():
+                features.append(model(x).float())
+        z = torch.cat(features)
+        y = self.data.y_test.to(self.device)
+        head = model.head
+        logits = head.logits(z)
+        cosines = head.cosines(z)
+        # The test loss is the training objective (with its margin) on the test set, as Keras reports it.
+        return {"z": z, "labels": y, "logits": logits, "cosines": cosines, "loss": head(z, y).item()}
+
+    def _epoch_row(self, epoch, train_loss, train_acc, ev, seconds) -> dict:
+        k = self.data.num_classes
+        confusion = confusion_matrix(ev["labels"].cpu(), ev["logits"].argmax(1).cpu(), k)
+        recall = recall_per_class(confusion)
+        row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+               "test_loss": ev["loss"], "test_accuracy": confusion.diagonal().sum().item() / confusion.sum().item()}
+        row.update({f"recall_{name}": recall[i].item() for i, name in enumerate(self.data.classes)})
+        row["seconds"] = round(seconds, 3)
+        return row
+
+    def _finish(self, ev: dict, history: list[dict], seconds: float) -> dict:
+        k = self.data.num_classes
+        labels = ev["labels"].cpu()
+        confusion = confusion_matrix(labels, ev["logits"].argmax(1).cpu(), k)
+        theta = angles_deg(ev["cosines"].cpu(), labels)
+        means, variances = angle_statistics(theta, labels, k)
+        arrays = {"theta_deg": theta.float().numpy(), "labels": labels.numpy(),
+                  "logits": ev["logits"].float().cpu().numpy()}
+        if self.config.z_dim == 2:
+            arrays["features2d"] = ev["z"].float().cpu().numpy()
+        atomic_write(self.out / "angles.npz", lambda f: np.savez_compressed(f, **arrays))
+        summary = {
+            "dataset": self.config.dataset, "loss": self.config.loss, "seed": self.config.seed,
+            "classes": self.data.classes, "important": self.config.important,
+            "config": dataclasses.asdict(self.config),
+            "accuracy": confusion.diagonal().sum().item() / confusion.sum().item(),
+            "recall": recall_per_class(confusion).tolist(),
+            "confusion": confusion.tolist(),
+            "angle_mean_deg": means, "angle_var_deg2": variances,
+            "relative_angle_variance": relative_angle_variance(
+                variances, self.config.important or range(k)),
+            "test_loss": ev["loss"],
+            "epochs_completed": len(history),
+            "seconds": round(seconds, 3),
+        }
+        atomic_write_json(self.out / "summary.json", summary)  # last: its presence means "finished"
+        return summary
+
+    def execute(self) -> dict:
+        """Train (or resume, or skip a finished run) and return the summary."""
+        c = self.config
+        self._check_existing_config()
+        if (self.out / "summary.json").exists():
+            self._log(f"{self.out}: finished run with the same config found; skipping")
+            return read_json(self.out / "summary.json")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        model, optimizer = self._build()
+        history: list[dict] = []
+        checkpoint_path = self.out / "checkpoint.pt"
+        if checkpoint_path.exists():
+            state = torch.load(checkpoint_path, map_location=self.device, weights_only=False)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            _set_rng_state(state["rng"], self.device)
+            history = state["history"]
+            self._write_metrics(history)  # metrics.csv may be one epoch behind the checkpoint
+            self._log(f"{self.out}: resuming after epoch {state['epoch']} of {c.epochs}")
+        steps = math.ceil(len(self.data.y_train) / c.batch_size)
+        ev = None
+        for epoch in range(len(history) + 1, c.epochs + 1):
+            start = time.perf_counter()
+            bar = None if self.quiet else tqdm(total=steps, desc=f"epoch {epoch}/{c.epochs}", leave=False,
+                                               file=sys.stderr, dynamic_ncols=True)
+            try:
+                train_loss, train_acc = self._train_epoch(model, optimizer, epoch, bar)
+            finally:
+                if bar is not None:
+                    bar.close()
+            ev = self.evaluate(model)
+            row = self._epoch_row(epoch, train_loss, train_acc, ev, time.perf_counter() - start)
+            history.append(row)
+            atomic_write(checkpoint_path, lambda f: torch.save({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                "rng": _rng_state(self.device), "history": history, "config": c.identity()}, f))
+            self._write_metrics(history)
+            self._log(f"epoch {epoch}/{c.epochs}  loss {train_loss:.4f}  train acc {train_acc:.4f}  "
+                      f"test acc {row['test_accuracy']:.4f}"
+                      + "".join(f"  recall[{self.data.classes[i]}] {row[f'recall_{self.data.classes[i]}']:.4f}"
+                                for i in c.important)
+                      + f"  ({row['seconds']:.1f} s)")
+        if ev is None:  # every epoch was done before a crash between the last checkpoint and summary.json
+            ev = self.evaluate(model)
+        return self._finish(ev, history, sum(r["seconds"] for r in history))
+
+    def _log(self, message: str) -> None:
+        if not self.quiet:
+            tqdm.write(message, file=sys.stderr)
+
+
+def train(config: TrainConfig, out_dir: str | Path, *, quiet: bool = False,
+          dataset: camri_data.DataSet | None = None) -> dict:
+    """Train one run (resuming or skipping as needed) and return its summary (docs/run-format.md)."""
+    return Run(config, out_dir, quiet=quiet, dataset=dataset).execute()
+
+
+# ---- command line ------------------------------------------------------------------------------------
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    parser.add_argument("--dataset", default=d.dataset, help="data set name (see `camri data`)")
+    parser.add_argument("--loss", default=d.loss, choices=LOSS_NAMES)
+    parser.add_argument("--important", nargs="+", default=[], metavar="CLASS",
+                        help="important class(es): index or name (e.g. 3 or cat)")
+    parser.add_argument("--margin", nargs="+", default=["4pi/64"], metavar="M",
+                        help="margin in radians or the paper's notation (4pi/64); one per important class")
+    parser.add_argument("--scale", type=float, default=d.scale, help="s of the angular losses")
+    parser.add_argument("--weight", type=float, default=d.weight, help="WCE / CRWWCE false-negative weight")
+    parser.add_argument("--fp-weight", type=float, default=d.fp_weight, help="CRWWCE false-positive weight")
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--width", type=float, default=d.width, help="channel multiplier (1.0 = paper)")
+    parser.add_argument("--z-dim", type=int, default=d.z_dim, help="feature dimension (512 = paper)")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--amp", default=d.amp, choices=("auto", "bf16", "off"),
+                        help="bf16 autocast (auto: on for CUDA)")
+    parser.add_argument("--channels-last", default=d.channels_last, choices=("auto", "on", "off"))
+    parser.add_argument("--augment", action="store_true", help="random crop + flip (the paper uses none)")
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    parser.add_argument("--data-dir", default=None, help="data directory (default $CAMRI_DATA_DIR or data/)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        dataset=args.dataset, loss=args.loss, important=list(args.important),
+        margin=[parse_margin(m) for m in args.margin], scale=args.scale, weight=args.weight,
+        fp_weight=args.fp_weight, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        width=args.width, z_dim=args.z_dim, seed=args.seed, device=args.device, amp=args.amp,
+        channels_last=args.channels_last, augment=args.augment, image_size=args.image_size,
+        eval_batch_size=args.eval_batch_size, data_dir=args.data_dir)
+
+
+def _train_command(args: argparse.Namespace) -> int:
+    summary = train(config_from_args(args), args.out, quiet=args.quiet)
+    classes = summary["classes"]
+    print(f"{args.out}: test accuracy {summary['accuracy']:.4f}")
+    for c in summary["important"]:
+        print(f"  recall of important class {c} ({classes[c]}): {summary['recall'][c]:.4f}   "
+              f"relative angle variance {summary['relative_angle_variance'][str(c)]:.3f}")
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train one model with one loss on one data set",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_arguments(parser)
+    parser.add_argument("--out", required=True, help="run directory (resumed or skipped if it exists)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    parser.set_defaults(func=_train_command)

@@ -61,6 +61,7 @@ class TrainConfig:
     lr: float = 1e-3
     width: float = 1.0
     z_dim: int = 512
+    bn_momentum: float = 0.01  # PyTorch convention; 0.01 = Keras's 0.99, the authors' (see camri.models)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
     amp: str = "auto"  # auto | bf16 | off: bf16 autocast; auto = on for CUDA
@@ -82,6 +83,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "z_dim"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if not 0 < self.bn_momentum <= 1:
+            raise ValueError(f"bn_momentum must be in (0, 1]; got {self.bn_momentum}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0; got {self.lr}")
         choices = {"device": ("auto", "cpu", "cuda", "mps"), "amp": ("auto", "bf16", "off"),
@@ -223,7 +226,8 @@ class Run:
         torch.manual_seed(c.seed)
         np.random.seed(c.seed)
         random.seed(c.seed)
-        backbone = PaperCNN(in_channels=self.data.image_shape[0], width=c.width, z_dim=c.z_dim)
+        backbone = PaperCNN(in_channels=self.data.image_shape[0], width=c.width, z_dim=c.z_dim,
+                            bn_momentum=c.bn_momentum)
         head = build_loss(c.loss, self.data.num_classes, c.z_dim, important=c.important,
                           margin=c.margin if len(c.margin) > 1 else c.margin[0],
                           scale=c.scale, weight=c.weight, fp_weight=c.fp_weight)
@@ -410,6 +414,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--width", type=float, default=d.width, help="channel multiplier (1.0 = paper)")
     parser.add_argument("--z-dim", type=int, default=d.z_dim, help="feature dimension (512 = paper)")
+    parser.add_argument("--bn-momentum", type=float, default=d.bn_momentum,
+                        help="BatchNorm momentum, PyTorch convention (0.01 = Keras 0.99, the paper's)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--amp", default=d.amp, choices=("auto", "bf16", "off"),
@@ -426,7 +432,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         dataset=args.dataset, loss=args.loss, important=list(args.important),
         margin=[parse_margin(m) for m in args.margin], scale=args.scale, weight=args.weight,
         fp_weight=args.fp_weight, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        width=args.width, z_dim=args.z_dim, seed=args.seed, device=args.device, amp=args.amp,
+        width=args.width, z_dim=args.z_dim, bn_momentum=args.bn_momentum, seed=args.seed, device=args.device, amp=args.amp,
         channels_last=args.channels_last, augment=args.augment, image_size=args.image_size,
         eval_batch_size=args.eval_batch_size, data_dir=args.data_dir)
 

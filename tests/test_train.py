@@ -1,0 +1,194 @@
+"""camri.train: one reproducible, resumable run on the embedded digits data set (CPU, seconds)."""
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from camri import data as camri_data
+from camri.losses import LOSS_NAMES, LinearHead
+from camri.train import ConfigMismatchError, NonFiniteLossError, Run, TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return camri_data.load("digits")
+
+
+def tiny(**overrides) -> TrainConfig:
+    """A small, fast configuration: width 1/8, 16-d features, 2 epochs."""
+    values = dict(dataset="digits", loss="camri", important=[3], margin=[0.2], scale=8.0, epochs=2,
+                  batch_size=64, width=0.125, z_dim=16, bn_momentum=0.1, seed=0, device="cpu")
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row.pop("seconds")
+    return rows
+
+
+def _summary(path: Path) -> dict:
+    summary = json.loads((path / "summary.json").read_text())
+    summary.pop("seconds")
+    return summary
+
+
+@pytest.mark.parametrize("loss", LOSS_NAMES)
+def test_each_loss_trains_and_writes_every_file(loss, digits, tmp_path):
+    summary = train(tiny(loss=loss), tmp_path, quiet=True, dataset=digits)
+    for name in ("config.json", "metrics.csv", "summary.json", "angles.npz", "checkpoint.pt"):
+        assert (tmp_path / name).is_file(), name
+    k = digits.num_classes
+    rows = _rows(tmp_path)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {f"recall_{c}" for c in digits.classes} <= set(rows[0])
+    assert summary["epochs_completed"] == 2
+    assert len(summary["recall"]) == k and len(summary["angle_mean_deg"]) == k
+    assert np.array(summary["confusion"]).sum() == len(digits.y_test)
+    assert summary["accuracy"] == pytest.approx(np.trace(summary["confusion"]) / len(digits.y_test))
+    assert math.isfinite(float(rows[-1]["train_loss"]))
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["config"]["loss"] == loss and config["torch_version"] == torch.__version__
+    assert config["device"] == "cpu" and "git_commit" in config and "camri_version" in config
+
+
+def test_important_class_by_name_and_margin_notation(digits, tmp_path):
+    from camri.train import config_from_args
+    from camri.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--dataset", "digits", "--loss", "camri", "--important", "3",
+                                      "--margin", "4pi/64", "--out", str(tmp_path)])
+    config = config_from_args(args)
+    run = Run(config, tmp_path, quiet=True, dataset=digits)
+    assert run.config.important == [3]
+    assert run.config.margin == [pytest.approx(math.pi / 16)]
+    with pytest.raises(ValueError, match="not a class of this data set"):
+        Run(tiny(important=["cat"]), tmp_path, dataset=digits)
+    with pytest.raises(ValueError, match="out of range"):
+        Run(tiny(important=[10]), tmp_path, dataset=digits)
+
+
+def test_two_identical_runs_are_identical(digits, tmp_path):
+    train(tiny(), tmp_path / "a", quiet=True, dataset=digits)
+    train(tiny(), tmp_path / "b", quiet=True, dataset=digits)
+    assert _rows(tmp_path / "a") == _rows(tmp_path / "b")
+    assert _summary(tmp_path / "a") == _summary(tmp_path / "b")
+    a, b = np.load(tmp_path / "a" / "angles.npz"), np.load(tmp_path / "b" / "angles.npz")
+    assert np.array_equal(a["theta_deg"], b["theta_deg"])
+    # ... and another seed differs.
+    train(tiny(seed=1), tmp_path / "c", quiet=True, dataset=digits)
+    assert _rows(tmp_path / "a") != _rows(tmp_path / "c")
+
+
+def test_finished_run_is_skipped_and_conflicting_config_refused(digits, tmp_path, capsys):
+    train(tiny(), tmp_path, quiet=True, dataset=digits)
+    stamp = (tmp_path / "summary.json").stat().st_mtime_ns
+    train(tiny(), tmp_path, dataset=digits)
+    assert "skipping" in capsys.readouterr().err
+    assert (tmp_path / "summary.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ConfigMismatchError, match=r"scale: stored 8.0 vs now 16.0"):
+        train(tiny(scale=16.0), tmp_path, quiet=True, dataset=digits)
+    # data_dir is where the data is, not what the run is: another one is not a conflict.
+    train(tiny(data_dir=str(tmp_path / "elsewhere")), tmp_path, quiet=True, dataset=digits)
+
+
+def test_kill_and_resume_equals_uninterrupted(digits, tmp_path):
+    args = ["--dataset", "digits", "--loss", "camri", "--important", "3", "--margin", "0.2", "--scale", "8",
+            "--epochs", "5", "--width", "0.125", "--z-dim", "16", "--bn-momentum", "0.1", "--device", "cpu",
+            "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "camri", "train", *args]
+    subprocess.run([*command, "--out", str(tmp_path / "straight")], check=True, env=env, cwd=ROOT, timeout=300)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*command, "--out", str(killed)], env=env, cwd=ROOT)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        done = (killed / "metrics.csv").exists() and len(_rows(killed)) >= 2
+        if done or process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+    subprocess.run([*command, "--out", str(killed)], check=True, env=env, cwd=ROOT, timeout=300)
+    assert _rows(killed) == _rows(tmp_path / "straight")
+    assert _summary(killed) == _summary(tmp_path / "straight")
+
+
+def test_angle_statistics_match_hand_computation(digits, tmp_path):
+    summary = train(tiny(loss="arcface"), tmp_path, quiet=True, dataset=digits)
+    run = Run(tiny(loss="arcface"), tmp_path, quiet=True, dataset=digits)
+    model, _ = run._build()
+    model.load_state_dict(torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"])
+    model.eval()
+    with torch.no_grad():
+        z = model(digits.x_test.float() / 255).double().numpy()
+    w = model.head.weight.detach().double().numpy()
+    y = digits.y_test.numpy()
+    cos = np.sum(z * w[y], axis=1) / (np.linalg.norm(z, axis=1) * np.linalg.norm(w[y], axis=1))
+    theta = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+    stored = np.load(tmp_path / "angles.npz")
+    assert np.allclose(stored["theta_deg"], theta, atol=1e-3)
+    assert np.array_equal(stored["labels"], y)
+    means = [theta[y == k].mean() for k in range(10)]
+    variances = [theta[y == k].var() for k in range(10)]
+    assert np.allclose(summary["angle_mean_deg"], means, atol=1e-3)
+    assert np.allclose(summary["angle_var_deg2"], variances, rtol=1e-4)
+    others = np.mean([v for k, v in enumerate(variances) if k != 3])
+    assert summary["relative_angle_variance"]["3"] == pytest.approx(variances[3] / others, rel=1e-4)
+    logits = stored["logits"]
+    assert logits.shape == (len(y), 10)
+    assert summary["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == y))
+    recall3 = np.mean(logits.argmax(1)[y == 3] == 3)
+    assert summary["recall"][3] == pytest.approx(recall3)
+
+
+def test_two_dimensional_features_are_stored(digits, tmp_path):
+    train(tiny(z_dim=2, epochs=1), tmp_path, quiet=True, dataset=digits)
+    assert np.load(tmp_path / "angles.npz")["features2d"].shape == (len(digits.y_test), 2)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(digits, tmp_path, monkeypatch):
+    steps = math.ceil(len(digits.y_train) / 64)
+    calls = {"n": 0}
+    original = LinearHead.per_sample_loss
+
+    def poisoned(self, logits, targets):
+        calls["n"] += 1
+        loss = original(self, logits, targets)
+        # epoch 1 = `steps` training calls + 1 evaluation call; then step 5 of epoch 2 goes bad
+        return loss * float("nan") if calls["n"] == steps + 1 + 5 else loss
+
+    monkeypatch.setattr(LinearHead, "per_sample_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match=rf"epoch 2, step 5 of {steps}"):
+        train(tiny(loss="ce", epochs=3), tmp_path, quiet=True, dataset=digits)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 1
+    assert [int(r["epoch"]) for r in _rows(tmp_path)] == [1]
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_bad_config_values(digits, tmp_path):
+    for field, value, message in [("loss", "focal", "unknown loss"), ("epochs", 0, "epochs must be >= 1"),
+                                  ("lr", 0.0, "lr must be > 0"), ("device", "tpu", "device must be one of"),
+                                  ("bn_momentum", 0.0, "bn_momentum")]:
+        with pytest.raises(ValueError, match=message):
+            Run(tiny(**{field: value}), tmp_path, dataset=digits)
+    with pytest.raises(ValueError, match="needs at least one important class"):
+        Run(tiny(loss="wce", important=[]), tmp_path, dataset=digits)

@@ -1,0 +1,466 @@
+"""Every figure of the notebooks, as functions that take data and return a matplotlib ``Figure``.
+
+Nothing here trains or reads a profile: the notebooks (and tests) pass arrays and the DataFrames of
+``camri.protocol``. ``save_figure(fig, "results/demo/figures/fig2")`` writes ``fig2.png`` and ``fig2.pdf``,
+each atomically.
+
+Figures
+    ``loss_surface`` / ``plot_loss_contours``   Fig. 2: each loss over a 2-D feature plane, 3 classes.
+    ``plot_feature_circle`` / ``plot_fig3``     Fig. 3: z_dim = 2 features on the unit circle with the class
+                                                weight vectors; ``circle_share`` is the important class's arc.
+    ``plot_angle_histograms``                   θ of the important class vs the others, per method.
+    ``plot_relative_variance``                  relative angle variance bars per method.
+    ``plot_class_recall``                       CE per-class recall ranking with worst1 / worst2 / median.
+    ``plot_method_recall``                      recall and accuracy per important class × method (Table 1).
+    ``plot_tradeoff``                           recall vs accuracy: every setting's point of every method, and
+                                                the threshold-tuning curve of CE.
+    ``plot_learning_curves``                    a metrics.csv column over epochs, one line per run.
+    ``plot_class_counts`` / ``plot_samples``    the data set: images per class, sample images.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from camri.io import atomic_write
+from camri.losses import build_loss, paper_margin
+
+#: The losses of Fig. 2, in the paper's panel order, with their display names.
+FIG2_LOSSES = {"ce": "CE", "wce": "WCE", "crwwce": "CRWWCE", "l2softmax": "L2-softmax", "arcface": "ArcFace",
+               "camri": "CAMRI"}
+#: One colour per method everywhere (matplotlib's tab10 entries).
+METHOD_COLORS = {"CE": "#7f7f7f", "WCE": "#8c564b", "CRWWCE": "#e377c2", "L2-softmax": "#bcbd22",
+                 "ArcFace": "#1f77b4", "CAMRI": "#d62728"}
+METHOD_MARKERS = {"CE": "s", "WCE": "v", "CRWWCE": "^", "L2-softmax": "D", "ArcFace": "o", "CAMRI": "*"}
+
+
+def _figure(width: float, height: float) -> Figure:
+    # A bare Figure (not pyplot's): no global state, nothing leaks between tests; Jupyter still displays it.
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def save_figure(fig: Figure, path_stem: str | Path, *, dpi: int = 150) -> dict[str, Path]:
+    """Write ``<path_stem>.png`` and ``<path_stem>.pdf`` (each atomically); returns {"png"|"pdf": path}."""
+    stem = Path(path_stem)
+    paths = {}
+    for fmt in ("png", "pdf"):
+        path = stem.with_name(stem.name + "." + fmt)
+        paths[fmt] = atomic_write(path, lambda f, fmt=fmt: fig.savefig(f, format=fmt, dpi=dpi))
+    return paths
+
+
+# ---- Fig. 2: loss contours -----------------------------------------------------------------------------
+
+def fig2_weights(num_classes: int = 3, target: int = 1) -> np.ndarray:
+    """(K, 2) unit weight vectors 360°/K apart, the target class's pointing up."""
+    angles = np.deg2rad(90.0 + 360.0 / num_classes * (np.arange(num_classes) - target))
+    return np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+def loss_surface(loss: str, *, target: int = 1, weights: np.ndarray | None = None, extent: float = 3.0,
+                 resolution: int = 161, important: Sequence[int] | None = None,
+                 margin: float = paper_margin(8), scale: float = 4.0, weight: float = 2.0,
+                 fp_weight: float = 1.0) -> dict[str, np.ndarray]:
+    """The per-sample loss of head ``loss`` (camri.losses) for every 2-D feature z of a grid, all labelled
+    ``target``.
+
+    weights: (K, 2) class weight vectors (default ``fig2_weights()``: three unit vectors 120° apart); the
+    linear heads get zero bias. The important classes of WCE, CRWWCE and CAMRI default to ``[target]``.
+    Returns ``x``, ``y`` (resolution,), ``loss`` (resolution, resolution; rows = y), ``predicted`` (class
+    predicted at test time, no margin) and ``training`` (argmax of the training logits, with the margin),
+    both (resolution, resolution) int.
+    """
+    weights = fig2_weights(target=target) if weights is None else np.asarray(weights, dtype=np.float64)
+    k = len(weights)
+    important = [target] if important is None else list(important)
+    head = build_loss(loss, k, 2, important=important, margin=margin, scale=scale, weight=weight,
+                      fp_weight=fp_weight).double()
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(weights))
+        if hasattr(head, "bias"):
+            head.bias.zero_()
+        x = np.linspace(-extent, extent, resolution)
+        y = np.linspace(-extent, extent, resolution)
+        gx, gy = np.meshgrid(x, y)
+        z = torch.as_tensor(np.stack([gx.ravel(), gy.ravel()], axis=1))
+        # The origin has no direction; nudge it so that cosines stay defined.
+        z[(z.abs().sum(1) == 0)] = 1e-9
+        t = torch.full((len(z),), target, dtype=torch.int64)
+        training_logits = head.training_logits(z, t)
+        per_sample = head.per_sample_loss(training_logits, t)
+        predicted = head.logits(z).argmax(1)
+    shape = (resolution, resolution)
+    return {"x": x, "y": y, "loss": per_sample.numpy().reshape(shape),
+            "predicted": predicted.numpy().reshape(shape),
+            "training": training_logits.argmax(1).numpy().reshape(shape)}
+
+
+def _draw_weights(ax, weights: np.ndarray, labels: Sequence[str], highlight: Sequence[int] = (),
+                  length: float = 1.0, colors: Sequence | None = None) -> None:
+    for k, w in enumerate(np.asarray(weights, dtype=float)):
+        norm = np.linalg.norm(w)
+        if norm == 0:
+            continue
+        u = w / norm * length
+        bold = k in highlight
+        color = colors[k] if colors is not None else ("#d62728" if bold else "black")
+        ax.annotate("", xy=(u[0], u[1]), xytext=(0, 0),
+                    arrowprops=dict(arrowstyle="-|>", color=color, lw=2.2 if bold else 1.4))
+        ax.text(u[0] * 1.15, u[1] * 1.15, labels[k], ha="center", va="center", color=color,
+                fontweight="bold" if bold else "normal", fontsize=9)
+
+
+def plot_loss_contours(losses: Sequence[str] = tuple(FIG2_LOSSES), *, target: int = 1, extent: float = 3.0,
+                       resolution: int = 161, levels: int = 16, ncols: int = 3, **loss_kwargs) -> Figure:
+    """Fig. 2: one panel per loss, the loss of a class-``target`` feature over the plane (filled contours),
+    the three weight vectors W_0..W_2, the test-time decision boundaries (solid) and, where a margin moves
+    it, the boundary of each class's region under the training logits (dashed): a class-k feature must be
+    inside it to beat the margin. ArcFace's margin shrinks every class's region, CAMRI's only the important
+    class's (``target``). ``loss_kwargs`` go to ``loss_surface`` (margin, scale, weight, fp_weight)."""
+    losses = list(losses)
+    nrows = math.ceil(len(losses) / ncols)
+    fig = _figure(3.4 * ncols, 3.2 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    weights = fig2_weights(target=target)
+    for ax, loss in zip(axes, losses):
+        surface = loss_surface(loss, target=target, weights=weights, extent=extent, resolution=resolution,
+                               **loss_kwargs)
+        x, y, value = surface["x"], surface["y"], surface["loss"]
+        filled = ax.contourf(x, y, value, levels=levels, cmap="viridis")
+        fig.colorbar(filled, ax=ax, shrink=0.8)
+        predicted = surface["predicted"].astype(float)
+        ax.contour(x, y, predicted, levels=np.arange(len(weights)) + 0.5, colors="white", linewidths=1.0)
+        for k in range(len(weights)):
+            # Where would a class-k feature already win under the training logits? The margin (of every
+            # class for ArcFace, of the important class only for CAMRI) shrinks that region.
+            own = surface if k == target else loss_surface(
+                loss, target=k, weights=weights, extent=extent, resolution=resolution, important=[target],
+                **loss_kwargs)
+            region = own["training"] == k
+            if (region != (own["predicted"] == k)).any():
+                ax.contour(x, y, region.astype(float), levels=[0.5], colors="white", linewidths=1.0,
+                           linestyles="--")
+        _draw_weights(ax, weights * extent * 0.55, [f"$W_{k}$" for k in range(len(weights))], highlight=[target],
+                      colors=["white"] * len(weights))
+        ax.set_title(f"{FIG2_LOSSES.get(loss, loss)} (target class {target})", fontsize=10)
+        ax.set_aspect("equal")
+        ax.set_xlabel("$z_1$")
+        ax.set_ylabel("$z_2$")
+    for ax in axes[len(losses):]:
+        ax.set_visible(False)
+    return fig
+
+
+# ---- Fig. 3: features on the unit circle -------------------------------------------------------------
+
+def circle_share(weights: np.ndarray, class_index: int, resolution: int = 3600) -> float:
+    """Fraction of the unit circle on which class ``class_index`` has the largest cosine to the
+    (normalised) weight vectors: the important class's share of the angular feature space."""
+    w = np.asarray(weights, dtype=float)
+    w = w / np.linalg.norm(w, axis=1, keepdims=True)
+    phi = np.linspace(0, 2 * np.pi, resolution, endpoint=False)
+    points = np.stack([np.cos(phi), np.sin(phi)], axis=1)
+    return float(((points @ w.T).argmax(1) == class_index).mean())
+
+
+def plot_feature_circle(features2d: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | None = None,
+                        classes: Sequence[str] | None = None, important: Sequence[int] = (),
+                        title: str = "", ax=None, max_points: int = 4000, seed: int = 0) -> Figure:
+    """L2-normalised 2-D features on the unit circle (a little radial jitter per sample so that density
+    shows), coloured by class, with the class weight vectors (normalised) as arrows; the arc where an
+    important class wins is shaded and its share of the circle printed. Returns the axes' figure."""
+    features2d = np.asarray(features2d, dtype=float)
+    labels = np.asarray(labels)
+    if features2d.ndim != 2 or features2d.shape[1] != 2:
+        raise ValueError(f"features2d must be (N, 2); got {features2d.shape} (train with z_dim = 2)")
+    if ax is None:
+        fig = _figure(4.6, 4.6)
+        ax = fig.subplots()
+    fig = ax.figure
+    num_classes = int(max(labels.max() + 1, len(classes) if classes else 0,
+                          len(weights) if weights is not None else 0))
+    classes = list(classes) if classes else [str(k) for k in range(num_classes)]
+    rng = np.random.default_rng(seed)
+    keep = rng.permutation(len(labels))[:max_points]
+    unit = features2d[keep] / np.maximum(np.linalg.norm(features2d[keep], axis=1, keepdims=True), 1e-12)
+    radius = 1.0 + rng.uniform(-0.06, 0.06, size=(len(keep), 1))
+    points = unit * radius
+    cmap = matplotlib.colormaps["tab10" if num_classes <= 10 else "tab20"]
+    colors = [cmap(k % cmap.N) for k in range(num_classes)]
+    if weights is not None:
+        w = np.asarray(weights, dtype=float)
+        w = w / np.linalg.norm(w, axis=1, keepdims=True)
+        phi = np.linspace(0, 2 * np.pi, 1441)
+        winner = (np.stack([np.cos(phi), np.sin(phi)], 1) @ w.T).argmax(1)
+        for c in important:
+            inside = winner == c
+            wedge_x = np.concatenate([[0], 1.35 * np.cos(phi[inside]), [0]])
+            wedge_y = np.concatenate([[0], 1.35 * np.sin(phi[inside]), [0]])
+            ax.fill(wedge_x, wedge_y, color=colors[c], alpha=0.12, lw=0)
+            ax.text(0, -1.55, f"share of class {classes[c]}: {circle_share(w, c):.1%} "
+                    f"(uniform {1 / len(w):.1%})", ha="center", fontsize=8)
+    circle = np.linspace(0, 2 * np.pi, 361)
+    ax.plot(np.cos(circle), np.sin(circle), color="0.8", lw=0.8)
+    for k in range(num_classes):
+        mine = labels[keep] == k
+        if mine.any():
+            ax.scatter(points[mine, 0], points[mine, 1], s=4, color=colors[k], alpha=0.6,
+                       label=classes[k], rasterized=True)
+    if weights is not None:
+        _draw_weights(ax, np.asarray(weights, dtype=float) * 1.3, classes, highlight=list(important),
+                      colors=colors)
+    ax.set_xlim(-1.7, 1.7)
+    ax.set_ylim(-1.7, 1.7)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def plot_fig3(panels: Mapping[str, Mapping], *, classes: Sequence[str] | None = None,
+              important: Sequence[int] = ()) -> Figure:
+    """Fig. 3: one ``plot_feature_circle`` panel per entry of ``panels`` (title → dict with
+    ``features2d``, ``labels`` and optionally ``weights``), side by side, one legend."""
+    fig = _figure(4.4 * len(panels) + 1.0, 4.8)
+    axes = fig.subplots(1, len(panels), squeeze=False).ravel()
+    for ax, (title, panel) in zip(axes, panels.items()):
+        plot_feature_circle(panel["features2d"], panel["labels"], weights=panel.get("weights"),
+                            classes=classes, important=important, title=title, ax=ax)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right center", markerscale=3, fontsize=8, title="class")
+    return fig
+
+
+# ---- angles ------------------------------------------------------------------------------------------
+
+def plot_angle_histograms(angles: Mapping[str, tuple[np.ndarray, np.ndarray]], important: int, *,
+                          class_name: str | None = None, bins: int = 40) -> Figure:
+    """Histograms (densities) of θ, the angle between a test feature and its own class's weight vector:
+    the important class vs all the other classes, one panel per method.
+
+    angles: method → (theta_deg (N,), labels (N,)), e.g. from the runs' angles.npz. Each panel shows
+    both variances and the relative variance var(important) / mean var(other classes)."""
+    fig = _figure(3.6 * len(angles), 3.0)
+    axes = fig.subplots(1, len(angles), squeeze=False, sharex=True).ravel()
+    name = class_name if class_name is not None else str(important)
+    high = max(float(np.max(theta)) for theta, _ in angles.values()) if angles else 90.0
+    edges = np.linspace(0, max(high, 1.0), bins + 1)
+    for ax, (method, (theta, labels)) in zip(axes, angles.items()):
+        theta, labels = np.asarray(theta, dtype=float), np.asarray(labels)
+        mine, others = theta[labels == important], theta[labels != important]
+        color = METHOD_COLORS.get(method, "#1f77b4")
+        ax.hist(others, bins=edges, density=True, histtype="step", color="black", lw=1.0, label="other classes")
+        ax.hist(mine, bins=edges, density=True, histtype="stepfilled", color=color, alpha=0.5,
+                label=f"class {name}")
+        other_vars = [theta[labels == k].var() for k in np.unique(labels) if k != important
+                      and (labels == k).any()]
+        relative = mine.var() / np.mean(other_vars) if len(mine) and other_vars else float("nan")
+        ax.set_title(f"{method}: rel. var {relative:.2f}", fontsize=10)
+        ax.set_xlabel("θ to own class weight (degrees)")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("density")
+    return fig
+
+
+def plot_relative_variance(frame: pd.DataFrame, *, group: str = "cell", method: str = "method",
+                           value: str = "relative_variance", error: str | None = "relative_variance_std"
+                           ) -> Figure:
+    """Grouped bars: the relative angle variance of the important class (var of its θ / mean var of the
+    other classes', < 1 = tighter) per ``group`` (e.g. "cifar10 worst1: cat") and ``method``; a line at 1."""
+    groups = list(dict.fromkeys(frame[group]))
+    methods = list(dict.fromkeys(frame[method]))
+    fig = _figure(max(4.0, 1.3 * len(groups) * max(1, len(methods)) / 2 + 2), 3.2)
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(methods))
+    for i, m in enumerate(methods):
+        part = frame[frame[method] == m].set_index(group).reindex(groups)
+        yerr = part[error].to_numpy(dtype=float) if error and error in part else None
+        ax.bar(np.arange(len(groups)) + (i - (len(methods) - 1) / 2) * width, part[value].to_numpy(dtype=float),
+               width, yerr=None if yerr is None else np.nan_to_num(yerr), capsize=2, label=m,
+               color=METHOD_COLORS.get(m))
+    ax.axhline(1.0, color="black", lw=0.8, ls="--")
+    ax.set_xticks(np.arange(len(groups)), groups, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("relative angle variance")
+    ax.legend(fontsize=8)
+    return fig
+
+
+# ---- recall and accuracy ------------------------------------------------------------------------------
+
+def plot_class_recall(recalls: pd.DataFrame, *, chosen: pd.DataFrame | None = None, title: str = "") -> Figure:
+    """Per-class recall of the CE baseline, sorted (``protocol.class_recalls``), with the sample std over
+    seeds as error bars; the classes of ``chosen`` (``protocol.choose_important``) highlighted and labelled
+    with their role."""
+    fig = _figure(max(4.0, 0.35 * len(recalls) + 1.5), 3.2)
+    ax = fig.subplots()
+    roles = {}
+    if chosen is not None:
+        for role, index in zip(chosen["role"], chosen["class_index"]):
+            roles.setdefault(int(index), []).append(role)
+    colors = ["#d62728" if int(c) in roles else "0.6" for c in recalls["class_index"]]
+    x = np.arange(len(recalls))
+    ax.bar(x, recalls["recall_mean"], yerr=np.nan_to_num(recalls["recall_std"].to_numpy(dtype=float)),
+           color=colors, capsize=2)
+    for xi, (index, mean) in enumerate(zip(recalls["class_index"], recalls["recall_mean"])):
+        if int(index) in roles:
+            ax.text(xi, min(mean + 0.03, 1.02), "/".join(roles[int(index)]), ha="center", va="bottom",
+                    fontsize=7, rotation=90)
+    ax.set_xticks(x, [str(n) for n in recalls["class_name"]], rotation=90 if len(recalls) > 12 else 0,
+                  fontsize=7 if len(recalls) > 12 else 9)
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("test recall (CE)")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def plot_method_recall(table: pd.DataFrame) -> Figure:
+    """Table 1 as a figure: for each data set × important class (columns), the important-class recall (top)
+    and the accuracy (bottom) of each method, mean ± std over seeds; the paper's values as black ticks.
+    ``table``: ``protocol.table1``'s long format."""
+    cells = list(dict.fromkeys(zip(table["dataset"], table["important"], table["class"])))
+    methods = list(dict.fromkeys(table["method"]))
+    fig = _figure(max(6.0, (0.35 * len(methods) + 0.5) * len(cells) + 1.5), 5.2)
+    axes = fig.subplots(2, 1, sharex=True)
+    has_paper = bool(np.isfinite(table[["paper_recall", "paper_accuracy"]].to_numpy(dtype=float)).any())
+    width = 0.8 / max(1, len(methods))
+    x = np.arange(len(cells))
+    for row, (ax, column, paper, label) in enumerate(zip(
+            axes, ("recall", "accuracy"), ("paper_recall", "paper_accuracy"), ("important-class recall",
+                                                                               "accuracy"))):
+        for i, method in enumerate(methods):
+            part = table[table["method"] == method].set_index(["dataset", "important", "class"]).reindex(cells)
+            offsets = x + (i - (len(methods) - 1) / 2) * width
+            ax.bar(offsets, part[f"{column}_mean"].to_numpy(dtype=float), width,
+                   yerr=np.nan_to_num(part[f"{column}_std"].to_numpy(dtype=float)), capsize=2,
+                   color=METHOD_COLORS.get(method), label=method if row == 0 else None)
+            if has_paper:
+                ax.scatter(offsets, part[paper].to_numpy(dtype=float), marker="_", s=120, color="black",
+                           zorder=3, label="paper" if row == 0 and i == 0 else None)
+        ax.set_ylabel(label)
+        values = table[[f"{column}_mean", paper]].to_numpy(dtype=float)
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            ax.set_ylim(max(0.0, finite.min() - 0.1), min(1.0, finite.max() + 0.05) + 0.02)
+    axes[1].set_xticks(x, [f"{d}\n{r}: {c}" for d, r, c in cells], fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", fontsize=8, ncols=min(len(labels), 7))
+    return fig
+
+
+def plot_tradeoff(settings: pd.DataFrame, *, curve: pd.DataFrame | None = None,
+                  selected: pd.DataFrame | None = None, title: str = "") -> Figure:
+    """Recall of the important class against accuracy: every setting of every method (``cell_settings``
+    rows: mean over seeds, std as error bars; filled = maintains accuracy, hollow = does not), the CE
+    threshold-tuning curve (``ce_threshold_curve``: a bias added to that class's CE logit after training),
+    the accuracy threshold (dashed) and the ``selected`` settings circled."""
+    fig = _figure(5.6, 4.2)
+    ax = fig.subplots()
+    if curve is not None and len(curve):
+        ax.plot(curve["accuracy"], curve["recall"], color="0.4", lw=1.2, label="CE + logit bias (post hoc)")
+        at_zero = curve.iloc[(curve["bias"].abs()).argsort()[:1]]
+        ax.scatter(at_zero["accuracy"], at_zero["recall"], color="0.4", marker="x", zorder=3)
+    for method, part in settings.groupby("method", sort=False):
+        color, marker = METHOD_COLORS.get(method), METHOD_MARKERS.get(method, "o")
+        ax.errorbar(part["accuracy_mean"], part["recall_mean"],
+                    xerr=np.nan_to_num(part["accuracy_std"].to_numpy(dtype=float)),
+                    yerr=np.nan_to_num(part["recall_std"].to_numpy(dtype=float)),
+                    fmt="none", ecolor=color, alpha=0.4, lw=0.8)
+        qualified = part["qualified"].astype(bool)
+        ax.scatter(part.loc[qualified, "accuracy_mean"], part.loc[qualified, "recall_mean"], color=color,
+                   marker=marker, s=50, label=method if qualified.any() else None, zorder=4)
+        ax.scatter(part.loc[~qualified, "accuracy_mean"], part.loc[~qualified, "recall_mean"], facecolors="none",
+                   edgecolors=color, marker=marker, s=50, zorder=4,
+                   label=None if qualified.any() else method)
+    if len(settings) and "accuracy_threshold" in settings:
+        ax.axvline(float(settings["accuracy_threshold"].iloc[0]), color="black", ls="--", lw=0.8,
+                   label="CE accuracy − tolerance")
+    if selected is not None and len(selected):
+        ax.scatter(selected["accuracy_mean"], selected["recall_mean"], s=220, facecolors="none",
+                   edgecolors="black", lw=1.0, zorder=5, label="chosen")
+    points = settings[["accuracy_mean"]].to_numpy(dtype=float)
+    if points.size:
+        low, high = np.nanmin(points), np.nanmax(points)
+        pad = max(0.02, (high - low) * 0.3)
+        ax.set_xlim(max(0.0, low - pad), min(1.0, high + pad))
+    ax.set_xlabel("accuracy")
+    ax.set_ylabel("important-class recall")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def plot_learning_curves(metrics: Mapping[str, pd.DataFrame], column: str = "test_accuracy", *,
+                         title: str = "") -> Figure:
+    """``column`` of metrics.csv over epochs, one line per run (label → DataFrame)."""
+    fig = _figure(5.0, 3.2)
+    ax = fig.subplots()
+    for label, frame in metrics.items():
+        if column in frame:
+            ax.plot(frame["epoch"], frame[column], marker="." if len(frame) < 30 else None, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(column.replace("_", " "))
+    ax.set_title(title, fontsize=10)
+    if len(metrics) <= 12:
+        ax.legend(fontsize=7)
+    return fig
+
+
+# ---- the data set ------------------------------------------------------------------------------------
+
+def plot_class_counts(y_train: np.ndarray, y_test: np.ndarray, classes: Sequence[str], *,
+                      title: str = "") -> Figure:
+    """Images per class in the training and test splits (stacked bars)."""
+    k = len(classes)
+    train = np.bincount(np.asarray(y_train), minlength=k)
+    test = np.bincount(np.asarray(y_test), minlength=k)
+    fig = _figure(max(4.0, 0.3 * k + 2), 3.0)
+    ax = fig.subplots()
+    x = np.arange(k)
+    ax.bar(x, train, label="train", color="#1f77b4")
+    ax.bar(x, test, bottom=train, label="test", color="#ff7f0e")
+    ax.set_xticks(x, [str(c) for c in classes], rotation=90 if k > 12 else 0, fontsize=7 if k > 12 else 9)
+    ax.set_ylabel("images")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_samples(x: np.ndarray, y: np.ndarray, classes: Sequence[str], *, per_class: int = 6,
+                 max_classes: int = 10, seed: int = 0) -> Figure:
+    """A grid of sample images: one row per class (the first ``max_classes``), ``per_class`` images each.
+    x: uint8 images N×C×H×W (camri.data's layout) or N×H×W."""
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim == 3:
+        x = x[:, None]
+    rows = min(len(classes), max_classes)
+    fig = _figure(0.9 * per_class + 1.2, 0.9 * rows)
+    axes = fig.subplots(rows, per_class, squeeze=False)
+    rng = np.random.default_rng(seed)
+    for r in range(rows):
+        members = np.flatnonzero(y == r)
+        picks = rng.choice(members, size=min(per_class, len(members)), replace=False) if len(members) else []
+        for c in range(per_class):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c < len(picks):
+                image = x[picks[c]].transpose(1, 2, 0)
+                ax.imshow(image[:, :, 0] if image.shape[2] == 1 else image, cmap="gray" if image.shape[2] == 1
+                          else None, interpolation="nearest")
+            if c == 0:
+                ax.set_ylabel(str(classes[r]), rotation=0, ha="right", va="center", fontsize=8)
+    return fig

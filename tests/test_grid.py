@@ -1,0 +1,340 @@
+"""camri.grid: profiles, grid expansion, the local and submitit executors, status (CPU, digits, tiny runs)."""
+
+import json
+import math
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from camri import grid
+from camri.cli import main
+from camri.losses import paper_margin
+
+TINY_TRAIN = {"epochs": 1, "width": 0.125, "z_dim": 16, "bn_momentum": 0.1, "device": "cpu"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    # Workers inherit the environment: one thread each on the shared cores.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def profile(**overrides) -> grid.Profile:
+    raw = {"name": "tiny", "datasets": ["digits"], "seeds": [0], "train": dict(TINY_TRAIN),
+           "important": {"classes": {"digits": [3]}},
+           "methods": {"ce": {}, "arcface": {"margin": [0.2], "scale": [8]},
+                       "camri": {"margin": ["4pi/64"], "scale": [8]}}}
+    raw.update(overrides)
+    return grid.parse_profile(raw, "test")
+
+
+def write_summary(spec: grid.RunSpec, recall: list[float], accuracy: float) -> None:
+    """A finished run without training: what protocol.load_runs reads."""
+    spec.out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"dataset": spec.config.dataset, "loss": spec.config.loss, "seed": spec.config.seed,
+               "classes": [str(i) for i in range(len(recall))], "important": spec.config.important,
+               "config": {**spec.config.__dict__}, "accuracy": accuracy, "recall": recall}
+    (spec.out_dir / "summary.json").write_text(json.dumps(summary))
+
+
+# ---- profiles and expansion (no training) ----------------------------------------------------------------
+
+def test_expansion_counts_and_deduplication(tmp_path):
+    p = profile(datasets=["digits", "mnist"], seeds=[0, 1, 2],
+                important={"classes": {"digits": [3, 5], "mnist": [1]}},
+                methods={"ce": {}, "arcface": {"margin": ["4pi/64", "5pi/64"], "scale": [8, 16]},
+                         "camri": {"margin": ["4pi/64", "5pi/64"], "scale": 16},
+                         "wce": {"weight": [2, 4]}, "crwwce": {"weight": [2], "fp_weight": [1, 2]}})
+    important = grid.choose_important(p, tmp_path)  # fixed indices: no data set is loaded
+    assert important == {"digits": [3, 5], "mnist": [1]}
+    baseline = grid.expand(p, "baseline", results_dir=tmp_path)
+    methods = grid.expand(p, "methods", important, results_dir=tmp_path)
+    everything = grid.expand(p, "all", important, results_dir=tmp_path)
+    # Hand count. baseline: 2 data sets × 3 seeds. ArcFace: 4 settings × 3 seeds × 2 data sets, shared by
+    # the 3 important classes. Per class (2 + 1 = 3 classes) × 3 seeds: CAMRI 2, WCE 2, CRWWCE 2 settings.
+    assert len(baseline) == 6
+    counts = {loss: sum(s.config.loss == loss for s in methods) for loss in ("ce", "arcface", "camri", "wce", "crwwce")}
+    assert counts == {"ce": 0, "arcface": 24, "camri": 18, "wce": 18, "crwwce": 18}
+    assert len(everything) == 6 + 78
+    assert [s.key for s in everything] == [s.key for s in baseline + methods]
+    assert len({s.key for s in everything}) == len(everything)
+    assert {s.stage for s in baseline} == {"baseline"} and {s.stage for s in methods} == {"methods"}
+    assert all(s.config.important == [] for s in methods if s.config.loss == "arcface")
+    # A class chosen twice (e.g. worst2 == median) gives its runs once.
+    assert len(grid.expand(p, "methods", {"digits": [3, 3, 5], "mnist": [1]}, results_dir=tmp_path)) == 78
+
+
+def test_slugs_are_stable(tmp_path):
+    p = profile(seeds=[0, 1], methods={"ce": {}, "arcface": {"margin": ["5pi/64"], "scale": [8]},
+                                       "l2softmax": {"scale": [16]},
+                                       "camri": {"margin": ["4pi/64", 0.2], "scale": [16]},
+                                       "wce": {"weight": [2]}, "crwwce": {"weight": [2.5], "fp_weight": [1]}})
+    keys = [s.key for s in grid.expand(p, "all", {"digits": [3]}, results_dir=tmp_path) if s.config.seed == 0]
+    assert keys == ["digits/ce/default/seed0", "digits/arcface/m5pi64_s8/seed0", "digits/l2softmax/s16/seed0",
+                    "digits/camri/c3_m4pi64_s16/seed0", "digits/camri/c3_m0.2rad_s16/seed0",
+                    "digits/wce/c3_w2/seed0", "digits/crwwce/c3_w2.5_fp1/seed0"]
+    spec = {s.key: s for s in grid.expand(p, "methods", {"digits": [3]}, results_dir=tmp_path)}[keys[3]]
+    assert spec.out_dir == tmp_path / "tiny" / "runs" / "digits" / "camri" / "c3_m4pi64_s16" / "seed0"
+    assert spec.config.margin == [paper_margin(4)] and spec.config.important == [3] and spec.config.scale == 16
+    assert spec.config.epochs == 1 and spec.config.width == 0.125  # the profile's train section
+    assert grid.margin_slug(4.5 * math.pi / 64) == "4.5pi64"
+    assert grid.dataset_slug("imagefolder:/data/cifar10-jpeg.zip") == "cifar10-jpeg"
+
+
+def test_shipped_profiles_load_and_paper_count():
+    assert {"demo", "cpu", "paper"} <= set(grid.shipped_profiles())
+    for name in ("demo", "cpu", "paper"):
+        assert grid.load_profile(name).name == name
+    paper = grid.load_profile("paper")
+    assert paper.seeds == list(range(10)) and paper.train["epochs"] == 300 and paper.train["width"] == 1.0
+    arcface = paper.methods["arcface"]
+    assert paper_margin(4) in arcface["margin"] and paper_margin(5) in arcface["margin"]
+    assert {8.0, 16.0} <= set(arcface["scale"])
+    counts = grid.count_runs(paper)
+    assert counts["total"] == 2370  # the number printed in docs/profiles.md
+
+
+def test_profile_file_and_saved_copy(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"name": "mine", "datasets": ["digits"], "seeds": 2,
+                                    "methods": {"camri": {"margin": "4pi/64"}}}))
+    p = grid.load_profile(str(path))
+    assert p.seeds == [0, 1] and p.methods["camri"] == {"margin": [paper_margin(4)], "scale": [16.0]}
+    saved = grid.save_profile(p, tmp_path / "results")
+    assert saved == tmp_path / "results" / "mine" / "profile.json"
+    assert json.loads(saved.read_text())["methods"]["camri"]["margin"] == [paper_margin(4)]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"colour": 1}, r"colour: unknown key; allowed are name, datasets"),
+    ({"datasets": ["cifar11"]}, r"datasets: unknown data set 'cifar11'; allowed are digits, mnist"),
+    ({"methods": {"focal": {}}}, r"methods.focal: unknown key; allowed are ce, wce, crwwce, l2softmax"),
+    ({"methods": {"camri": {"m": [1]}}}, r"methods.camri.m: unknown key; allowed are margin, scale"),
+    ({"methods": {"camri": {"margin": ["4pie/64"]}}}, r"methods.camri.margin: margins are radians"),
+    ({"methods": {"camri": {"margin": [4]}}}, r"methods.camri.margin: a margin must be in \[0, pi\)"),
+    ({"methods": {"wce": {"weight": [0]}}}, r"methods.wce.weight: must be a number > 0"),
+    ({"methods": {"arcface": {"scale": []}}}, r"methods.arcface.scale: must not be an empty list"),
+    ({"train": {"seed": 3}}, r"train.seed: unknown key; allowed are .*epochs"),
+    ({"train": {"epochs": 0}}, r"train.epochs: must be an integer >= 1"),
+    ({"train": {"device": "tpu"}}, r"device must be one of auto, cpu, cuda, mps"),
+    ({"seeds": [0, 0]}, r"seeds: lists a seed twice"),
+    ({"important": {"roles": ["worst3"]}}, r"important.roles: must be one of worst1, worst2, median"),
+    ({"important": {"classes": {"mnist": [1]}}}, r"important.classes.mnist: is not one of the profile's datasets"),
+    ({"executor": {"kind": "ray"}}, r"executor.kind: must be one of local, submitit"),
+    ({"executor": {"submitit": {"cluster": "pbs"}}}, r"executor.submitit.cluster: must be one of null, slurm"),
+    ({"executor": {"submitit": {"gpus": 1}}}, r"executor.submitit.gpus: unknown key; allowed are cluster"),
+    ({"name": "a b"}, r"name: must be letters, digits"),
+])
+def test_profile_errors_name_the_key_and_the_allowed_values(change, message):
+    with pytest.raises(ValueError, match=message):
+        profile(**change)
+
+
+def test_unknown_profile_names_the_shipped_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown profile 'nope': shipped are cpu, demo, paper"):
+        grid.load_profile("nope")
+    with pytest.raises(ValueError, match="does not exist"):
+        grid.load_profile(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ValueError, match=r"name: is required"):
+        grid.parse_profile({"datasets": ["digits"]})
+
+
+def test_important_classes_from_the_baseline(tmp_path):
+    p = profile(seeds=[0, 1], important={"roles": ["worst1", "worst2", "median"]})
+    with pytest.raises(grid.BaselineNotFinished, match="run the baseline stage first"):
+        grid.choose_important(p, tmp_path)
+    rows = grid.status(p, tmp_path)  # the methods stage is not listed before the baseline has finished
+    assert [r.state for r in rows] == ["pending", "pending"] and {r.stage for r in rows} == {"baseline"}
+    # Class 7 is worst, then 2; sorted position (10 - 1) // 2 = 4 is the median: class 4 (0.92).
+    recall = [0.95, 0.9, 0.5, 0.93, 0.92, 0.97, 0.91, 0.3, 0.96, 0.94]
+    for spec in grid.expand(p, "baseline", results_dir=tmp_path):
+        write_summary(spec, recall, 0.9)
+    assert grid.choose_important(p, tmp_path) == {"digits": [7, 2, 4]}
+    chosen = json.loads((tmp_path / "tiny" / "important.json").read_text())
+    assert [(r["role"], r["class_index"]) for r in chosen["digits"]] == [("worst1", 7), ("worst2", 2), ("median", 4)]
+    rows = grid.status(p, tmp_path)
+    assert sum(r.stage == "methods" for r in rows) == 2 * (1 + 3)  # ArcFace once, CAMRI per class; 2 seeds
+    assert {r.state for r in rows if r.stage == "baseline"} == {"done"}
+
+
+def test_worker_slots_pin_workers_to_gpus(monkeypatch):
+    assert grid.worker_slots(None, 1, "cpu") == [None]
+    assert grid.worker_slots(2, 1, "cpu") == [None, None]
+    monkeypatch.setattr(grid, "_visible_gpus", lambda device: ["0", "1"])
+    assert grid.worker_slots(None, 2, "auto") == ["0", "1", "0", "1"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert grid._threads_per_worker(4) == 3
+
+
+def test_checkpoint_requeues_the_same_run(tmp_path):
+    spec = grid.expand(profile(), "baseline", results_dir=tmp_path)[0]
+    delayed = grid.GridTask(spec).checkpoint()
+    assert isinstance(delayed.function, grid.GridTask) and delayed.function.spec == spec
+    assert grid.RunSpec.from_json(spec.to_json()) == spec
+
+
+def test_changed_profile_stops_before_any_run(tmp_path):
+    p = profile()
+    spec = grid.expand(p, "baseline", results_dir=tmp_path)[0]
+    spec.out_dir.mkdir(parents=True)
+    other = dict(spec.config.__dict__, epochs=5)
+    (spec.out_dir / "config.json").write_text(json.dumps({"config": other}))
+    with pytest.raises(ValueError, match=r"another configuration, e.g. digits/ce/default/seed0 \(epochs\)"):
+        grid.run(p, results_dir=tmp_path, progress=False)
+    assert not (spec.out_dir / grid.LOG_NAME).exists()
+
+
+def test_missing_data_stops_before_training(tmp_path, capsys):
+    path = tmp_path / "awa.yaml"
+    path.write_text(yaml.safe_dump({"name": "awa", "datasets": ["awa2"], "data_dir": str(tmp_path / "data")}))
+    assert main(["grid", "--profile", str(path), "--results-dir", str(tmp_path / "results")]) == 2
+    assert "awa2" in capsys.readouterr().err
+    assert not (tmp_path / "results" / "awa" / "runs").exists()
+
+
+# ---- executors (real, tiny runs) ---------------------------------------------------------------------------
+
+def test_local_executor_two_workers_and_status(tmp_path, capsys, monkeypatch):
+    # Class 10 does not exist in digits: that CAMRI run fails at its start, and only that run.
+    p = profile(important={"classes": {"digits": [3, 10]}}, executor={"workers": 2})
+    # Pretend there are two GPUs: each worker is pinned to one (the runs themselves stay on the CPU).
+    monkeypatch.setattr(grid, "_visible_gpus", lambda device: ["5", "6"])
+    bad = "digits/camri/c10_m4pi64_s8/seed0"
+    assert [r.state for r in grid.status(p, tmp_path)] == ["pending"] * 4
+
+    report = grid.run(p, results_dir=tmp_path, progress=False)  # classes fixed: both stages in one pool
+    assert sorted(report.done) == ["digits/arcface/m0.2rad_s8/seed0", "digits/camri/c3_m4pi64_s8/seed0",
+                                   "digits/ce/default/seed0"]
+    assert report.failed == [(bad, tmp_path / "tiny" / "runs" / bad / "log.txt")] and not report.complete
+    ce_log = tmp_path / "tiny" / "runs" / "digits" / "ce" / "default" / "seed0" / "log.txt"
+    assert "== camri grid: digits/ce/default/seed0 on " in ce_log.read_text()
+    assert "epoch 1/1" in ce_log.read_text()  # the per-epoch lines, without progress bars
+    logs = [(tmp_path / "tiny" / "runs" / key / "log.txt").read_text() for key in report.done]
+    pinned = {re.search(r"CUDA_VISIBLE_DEVICES=(\d)", log).group(1) for log in logs}
+    assert pinned <= {"5", "6"} and len(pinned) == 2
+    assert (tmp_path / "tiny" / "profile.json").is_file()
+
+    rows = {r.key: r for r in grid.status(p, tmp_path)}
+    assert {k: r.state for k, r in rows.items()} == {
+        "digits/ce/default/seed0": "done", "digits/arcface/m0.2rad_s8/seed0": "done",
+        "digits/camri/c3_m4pi64_s8/seed0": "done", bad: "failed"}
+    assert rows[bad].log == tmp_path / "tiny" / "runs" / bad / "log.txt"
+    assert rows[bad].detail.startswith("ValueError: important class 10 is out of range")
+
+    # Finished runs are not launched again.
+    before = ce_log.read_text()
+    report = grid.run(p, stages=("baseline",), results_dir=tmp_path, progress=False)
+    assert report.done == ["digits/ce/default/seed0"] and report.complete and ce_log.read_text() == before
+
+    assert main(["status", "--profile", str(_dump(p, tmp_path)), "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{bad}  failed" in out and str(rows[bad].log) in out and "3 done, 0 running, 1 failed, 0 pending" in out
+
+
+def _dump(p: grid.Profile, where: Path) -> Path:
+    """The profile as a YAML file (margins in radians are valid YAML values)."""
+    raw = {"name": p.name, "datasets": p.datasets, "seeds": p.seeds, "train": p.train,
+           "important": {"classes": p.important.classes}, "methods": p.methods}
+    path = where / f"{p.name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _wait_for(condition, timeout=120.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_submitit_local_cluster_kill_and_resume(tmp_path):
+    train = dict(TINY_TRAIN, epochs=8)
+    p = profile(train=train, methods={"ce": {}, "camri": {"margin": ["4pi/64"], "scale": [8]}},
+                executor={"kind": "submitit", "submitit": {"cluster": "local", "gpus_per_node": 0,
+                                                           "cpus_per_task": 1, "timeout_min": 10}})
+    ce_key, camri_key = "digits/ce/default/seed0", "digits/camri/c3_m4pi64_s8/seed0"
+    runs = tmp_path / "tiny" / "runs"
+
+    # The important class is fixed, so both stages are submitted at once; run returns without waiting.
+    report = grid.run(p, results_dir=tmp_path, wait=False, progress=False)
+    assert sorted(report.running) == [camri_key, ce_key] and not report.waiting
+    first_jobs = grid.read_jobs(tmp_path / "tiny")
+    assert set(first_jobs) == {ce_key, camri_key} and first_jobs[ce_key]["cluster"] == "local"
+
+    # Kill the CAMRI job's training process once it has checkpointed an epoch (its pid is in the run lock).
+    camri_dir = runs / camri_key
+    _wait_for(lambda: grid._epochs_done(camri_dir) >= 1, what="the first epoch of the CAMRI run")
+    assert {r.key: r.state for r in grid.status(p, tmp_path)}[camri_key] == "running"
+    pid = int((camri_dir / grid.LOCK_NAME).read_text().split()[1])
+    os.kill(pid, signal.SIGKILL)
+    _wait_for(lambda: (runs / ce_key / "summary.json").is_file(), what="the CE run")
+    _wait_for(lambda: grid.run_state(grid.expand(p, "methods", {"digits": [3]}, results_dir=tmp_path)[0],
+                                     grid.read_jobs(tmp_path / "tiny")[camri_key]).state == "failed",
+              what="the killed job to end")
+    killed_after = grid._epochs_done(camri_dir)
+    assert 1 <= killed_after < 8 and not (camri_dir / "summary.json").exists()
+    rows = {r.key: r for r in grid.status(p, tmp_path)}
+    assert rows[ce_key].state == "done" and rows[camri_key].state == "failed"
+    assert rows[camri_key].log == camri_dir / "log.txt" and "killed?" in rows[camri_key].detail
+
+    # Running again resubmits only the unfinished run, which resumes from its checkpoint.
+    report = grid.run(p, results_dir=tmp_path, progress=False)
+    assert report.complete and sorted(report.done) == [camri_key, ce_key]
+    jobs = grid.read_jobs(tmp_path / "tiny")
+    assert jobs[ce_key] == first_jobs[ce_key] and jobs[camri_key]["job_id"] != first_jobs[camri_key]["job_id"]
+    log = (camri_dir / "log.txt").read_text()
+    resumed = re.search(r"resuming after epoch (\d+) of 8", log)
+    assert resumed and killed_after <= int(resumed.group(1)) < 8  # metrics.csv may lag the checkpoint by one
+    assert grid._epochs_done(camri_dir) == 8
+    assert json.loads((camri_dir / "summary.json").read_text())["epochs_completed"] == 8
+    assert {r.state for r in grid.status(p, tmp_path)} == {"done"}
+
+
+def test_slurm_submission_and_states_with_stand_in_commands(tmp_path, monkeypatch):
+    """The SLURM path without SLURM: stand-in sbatch and sacct scripts on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\ncp \"$1\" \"$(dirname \"$0\")/last.sbatch\"\n"
+                                    "echo Submitted batch job 4242\n")
+    (bin_dir / "sacct").write_text("#!/bin/sh\necho 'JobID|State|NodeList'\necho '4242_0|RUNNING|n1'\n"
+                                   "echo '4242_1|FAILED|n1'\necho '4242_2|PENDING|None'\n")
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit looks for it to detect SLURM
+    for script in ("sbatch", "sacct", "srun"):
+        (bin_dir / script).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    p = profile(seeds=[0, 1, 2], methods={"ce": {}},
+                executor={"kind": "submitit", "submitit": {"cluster": "slurm", "partition": "gpu", "mem_gb": 16,
+                                                           "array_parallelism": 2, "setup": ["module load cuda"]}})
+    report = grid.run(p, results_dir=tmp_path, wait=False, progress=False)
+    keys = [f"digits/ce/default/seed{i}" for i in range(3)]
+    assert sorted(report.running) == keys and not report.failed
+    sbatch = (bin_dir / "last.sbatch").read_text()
+    for line in ("--partition=gpu", "--array=0-2%2", "--gpus-per-node=1", "--cpus-per-task=8", "--mem=16GB",
+                 "--time=600", "--signal=USR2@90", "--job-name=camri-tiny", "module load cuda"):
+        assert line in sbatch
+    jobs = grid.read_jobs(tmp_path / "tiny")
+    assert [jobs[k]["job_id"] for k in keys] == ["4242_0", "4242_1", "4242_2"]
+    rows = {r.key: r for r in grid.status(p, tmp_path)}
+    assert [rows[k].state for k in keys] == ["running", "failed", "running"]
+    assert "4242_1 ended (FAILED)" in rows[keys[1]].detail and "PENDING" in rows[keys[2]].detail
+    # Re-running submits only the failed run; the queued and running ones are left alone.
+    report = grid.run(p, results_dir=tmp_path, wait=False, progress=False)
+    assert sorted(report.running) == keys and grid.read_jobs(tmp_path / "tiny")[keys[1]]["job_id"] == "4242"
+    assert "--array" not in (bin_dir / "last.sbatch").read_text()  # one task: a plain job
+    # sacct does not list the new job yet: just submitted, it counts as in flight (not resubmitted again).
+    row = {r.key: r for r in grid.status(p, tmp_path)}[keys[1]]
+    assert row.state == "running" and "SUBMITTED" in row.detail
+
+
+def test_submitit_local_cluster_refuses_a_flood(tmp_path):
+    p = profile(seeds=[0, 1], methods={"ce": {}},
+                executor={"kind": "submitit", "submitit": {"cluster": "local", "array_parallelism": 1}})
+    with pytest.raises(ValueError, match="would start all 2 runs at once.*--executor local"):
+        grid.run(p, results_dir=tmp_path, wait=False, progress=False)
+    assert grid.read_jobs(tmp_path / "tiny") == {}

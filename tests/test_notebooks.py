@@ -1,0 +1,293 @@
+"""The notebooks and the headless reproduction (camri.reproduce): committed notebooks are clean; a tiny
+profile goes end to end through `camri reproduce` (grid, Fig. 3 runs, every notebook under papermill);
+figures are real images, tables have their rows; `camri figures` re-renders from stored results without
+training; a failing notebook makes the command fail loudly; papermill works by hand with the kernel.
+
+One module-scoped fixture trains the smoke grid once (digits, width 0.125, z_dim 16, one epoch, one seed:
+5 grid runs and 2 Fig. 3 runs) and executes all notebooks; the other tests read its results."""
+
+import ast
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import nbformat
+import pandas as pd
+import papermill
+import pytest
+from PIL import Image
+
+from camri import cli, grid, protocol, reproduce
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+STEMS = ["00_data", "01_ce_baseline", "02_arcface", "03_camri", "04_table1", "05_angles",
+         "06_fig3_feature_circle", "07_fig2_loss_contours"]
+
+SMOKE = """\
+name: smoke
+datasets: [digits]
+seeds: [0]
+train: {epochs: 1, width: 0.125, z_dim: 16, bn_momentum: 0.1, device: cpu}
+important: {roles: [worst1]}
+methods:
+  ce: {}
+  arcface: {margin: [4pi/64], scale: [16]}
+  camri: {margin: [4pi/64], scale: [16]}
+  wce: {weight: [2]}
+  crwwce: {weight: [2], fp_weight: [1]}
+executor: {kind: local, workers: 2}
+notebooks:
+  00_data: {samples_per_class: 2}
+  06_fig3_feature_circle: {epochs: 1, dataset: digits}
+  07_fig2_loss_contours: {resolution: 41}
+"""
+
+# Every figure the notebooks write for the smoke profile (digits; worst1 only).
+FIGURES = ["00_digits_class_counts", "00_digits_samples", "01_digits_ce_recall_per_class",
+           "01_digits_ce_learning_curves", "02_digits_learning_curves", "02_digits_worst1_tradeoff",
+           "03_digits_worst1_tradeoff", "04_table1", "05_digits_worst1_angle_histograms", "05_relative_variance",
+           "06_fig3_feature_circle", "07_fig2_loss_contours"]
+
+
+def camri_command(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "camri", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def files_below(folder: Path) -> dict[str, float]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("*") if p.is_file()}
+
+
+def camri_main(*args) -> tuple[int, str]:
+    """`camri ARGS` in this process (no second interpreter start-up): exit status and what it printed."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        status = cli.main([str(a) for a in args])
+    return status, buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    base = tmp_path_factory.mktemp("reproduce")
+    profile = base / "smoke.yaml"
+    profile.write_text(SMOKE)
+    results = base / "results"
+    status, stdout = camri_main("reproduce", "--profile", profile, "--results-dir", results)
+    assert status == 0, stdout[-5000:]
+    return SimpleNamespace(base=base, profile=profile, results=results, out=results / "smoke", stdout=stdout)
+
+
+# ---- the committed notebooks ---------------------------------------------------------------------------
+
+def test_the_numbered_notebooks_are_all_there():
+    assert [p.stem for p in NOTEBOOKS] == STEMS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebooks_have_no_outputs(path):
+    book = nbformat.read(path, as_version=4)
+    nbformat.validate(book)
+    for cell in book.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name}: a cell has outputs; clear them before committing"
+            assert cell.execution_count is None, f"{path.name}: a cell has an execution count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_one_parameters_cell_that_papermill_reads_completely(path):
+    book = nbformat.read(path, as_version=4)
+    tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    assigned = [node.targets[0].id for node in ast.parse(tagged[0].source).body]
+    declared = papermill.inspect_notebook(str(path))
+    assert list(declared) == assigned  # papermill skips lines it cannot parse (e.g. a second "=")
+    defaults = reproduce.notebook_defaults(path)
+    assert defaults["PROFILE"] == "demo" and defaults["RESULTS_DIR"] is None
+    assert defaults.get("TRAIN", True) is True
+    assert book.metadata.kernelspec.name == reproduce.KERNEL_NAME
+
+
+def test_ensure_kernel_runs_this_python():
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    name = reproduce.ensure_kernel()
+    spec = KernelSpecManager().get_kernel_spec(name)
+    assert reproduce._same_python(spec.argv[0])
+
+
+def test_profile_parameters_match_notebook_names_ignoring_case(tmp_path):
+    path = REPO / "notebooks" / "06_fig3_feature_circle.ipynb"
+    profile = grid.parse_profile({"name": "p", "datasets": ["digits"],
+                                  "notebooks": {"06_fig3_feature_circle": {"epochs": 3, "Margin": "8pi/64"}}})
+    parameters = reproduce.notebook_parameters(path, profile, {"PROFILE": "x", "TRAIN": False, "OTHER": 1})
+    assert parameters == {"PROFILE": "x", "TRAIN": False, "EPOCHS": 3, "MARGIN": "8pi/64"}
+    profile.notebooks["06_fig3_feature_circle"] = {"epoch": 3}
+    with pytest.raises(ValueError, match="notebooks.06_fig3_feature_circle.epoch: the notebook has no such "
+                                         "parameter; it has PROFILE, RESULTS_DIR, TRAIN, DATASET"):
+        reproduce.notebook_parameters(path, profile, {})
+
+
+def test_fig3_specs(tmp_path):
+    profile = grid.parse_profile({"name": "p", "datasets": ["digits"], "data_dir": str(tmp_path / "data"),
+                                  "train": {"epochs": 7, "width": 0.5}})
+    ce, camri = reproduce.fig3_specs(profile, tmp_path, important="3", margin="8pi/64", scale=8)
+    assert ce.config.dataset == "digits"  # no MNIST in that data directory
+    assert (ce.config.z_dim, ce.config.epochs, ce.config.width, ce.config.loss) == (2, 7, 0.5, "ce")
+    assert (camri.config.loss, camri.config.important, camri.config.scale) == ("camri", [3], 8.0)
+    assert camri.key == "fig3/digits/camri/c3_m8pi64_s8/seed0"  # apart from the grid's keys in jobs.json
+    assert camri.out_dir == tmp_path / "p" / camri.key
+    assert reproduce.fig3_specs(profile, tmp_path, epochs=2)[0].config.epochs == 2
+
+
+def test_reproduce_checks_every_data_set_before_training(tmp_path, capsys):
+    profile = tmp_path / "p.yaml"
+    profile.write_text(f"name: p\ndatasets: [digits, awa2]\ndata_dir: {tmp_path / 'data'}\n")
+    assert cli.main(["reproduce", "--profile", str(profile), "--results-dir", str(tmp_path / "r")]) == 2
+    assert "AwA2-data.zip" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "p" / "runs").exists()
+
+
+def test_figures_reports_missing_runs_and_trains_nothing(tmp_path):
+    profile = tmp_path / "p.yaml"
+    profile.write_text("name: p\ndatasets: [digits]\nseeds: [0]\ntrain: {epochs: 1}\n")
+    lines = []
+    assert reproduce.figures(str(profile), results_dir=tmp_path / "r", log=lines.append) == 1
+    assert "1 of 1 CE baseline runs of profile 'p' are not finished (e.g. digits/ce/default/seed0)" in lines[0]
+    assert f"camri reproduce --profile {profile}" in lines[0]
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("config.json"))
+
+
+def test_markdown_table():
+    frame = pd.DataFrame({"a": [1.23456, float("nan")], "b": ["x|y", (1, 2)]})
+    assert reproduce.markdown_table(frame) == "| a | b |\n|---|---|\n| 1.235 | x\\|y |\n| – | 1, 2 |"
+
+
+# ---- the smoke profile end to end ---------------------------------------------------------------------
+
+def test_reproduce_trains_the_grid_and_fig3_then_executes_every_notebook(smoke):
+    assert len(list((smoke.out / "runs").rglob("summary.json"))) == 5  # CE, ArcFace, CAMRI, WCE, CRWWCE
+    assert len(list((smoke.out / "fig3").rglob("summary.json"))) == 2
+    for stem in STEMS:
+        assert f"{stem}.ipynb" in smoke.stdout
+    assert sorted(p.stem for p in (smoke.out / "notebooks").glob("*.ipynb")) == STEMS
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_every_notebook_executed_under_papermill_with_the_profile(smoke, stem):
+    book = nbformat.read(smoke.out / "notebooks" / f"{stem}.ipynb", as_version=4)
+    injected = [c for c in book.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and str(smoke.results) in injected[0].source
+    outputs = [o for c in book.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # its figures are shown
+    assert not [o for o in outputs if "IProgress" in o.get("text", "")]
+
+
+def test_figures_are_png_and_pdf_images(smoke):
+    for stem in FIGURES:
+        png, pdf = smoke.out / "figures" / f"{stem}.png", smoke.out / "figures" / f"{stem}.pdf"
+        with Image.open(png) as image:
+            image.verify()
+        with Image.open(png) as image:
+            assert min(image.size) > 100
+        assert pdf.read_bytes()[:4] == b"%PDF" and pdf.stat().st_size > 1000
+    assert sorted(p.stem for p in (smoke.out / "figures").glob("*.png")) == sorted(FIGURES)
+
+
+def test_tables_have_their_rows(smoke):
+    table1 = pd.read_csv(smoke.out / "table1.csv")
+    assert list(table1.columns) == list(protocol.TABLE1_COLUMNS)
+    assert list(table1["method"]) == list(protocol.TABLE1_METHODS)  # one cell: digits worst1
+    assert set(table1["important"]) == {"worst1"} and (table1["n_seeds"] == 1).all()
+    assert {p.suffix for p in smoke.out.glob("table1.*")} == {".csv", ".md", ".tex"}
+    tables = smoke.out / "tables"
+    rows = {"00_datasets": 1, "00_digits_class_counts": 10, "01_ce_runs": 1, "01_digits_ce_recall_per_class": 10,
+            "01_digits_important_classes": 1, "02_digits_arcface_settings": 2,  # CE and ArcFace (no L2-softmax)
+            "03_digits_worst1_settings": 5, "03_digits_worst1_selected": 10, "03_paired_gains": 2,
+            "04_table1_long": 5, "04_selected_settings": 10, "05_relative_variance": 3, "06_fig3": 2}
+    for name, count in rows.items():
+        assert len(pd.read_csv(tables / f"{name}.csv")) == count, name
+        markdown = (tables / f"{name}.md").read_text().strip().splitlines()
+        assert len(markdown) == count + 2, name  # header, rule, rows
+    assert sorted(p.stem for p in tables.glob("*.csv")) == sorted(rows)
+    assert "paths" not in pd.read_csv(tables / "03_digits_worst1_settings.csv").columns
+    fig3 = pd.read_csv(tables / "06_fig3.csv")
+    assert list(fig3["method"]) == ["CE", "CAMRI"] and set(fig3["class"]) == {3}
+
+
+def test_figures_command_rerenders_from_stored_results_without_training(smoke, tmp_path):
+    # The notebooks that read runs, each in its own way (baseline only, the whole grid with Table 1, the
+    # angles, Fig. 3's runs); all eight ran under papermill in the fixture already.
+    only = ["01", "04", "05", "06"]
+    results = tmp_path / "results"
+    shutil.copytree(smoke.results, results)
+    out = results / "smoke"
+    shutil.rmtree(out / "figures")
+    shutil.rmtree(out / "tables")
+    (out / "table1.csv").unlink()
+    before = {folder: files_below(out / folder) for folder in ("runs", "fig3")}
+    proc = camri_command("figures", "--profile", smoke.profile, "--results-dir", results, "--only", *only)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    assert {folder: files_below(out / folder) for folder in ("runs", "fig3")} == before  # nothing written there
+    assert sorted(p.stem for p in (out / "figures").glob("*.png")) == sorted(
+        f for f in FIGURES if f[:2] in only)
+    assert len(pd.read_csv(out / "table1.csv")) == len(protocol.TABLE1_METHODS)
+    book = nbformat.read(out / "notebooks" / "01_ce_baseline.ipynb", as_version=4)
+    injected = next(c for c in book.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert "TRAIN = False" in injected.source
+
+
+def test_a_failing_notebook_fails_the_command_with_its_cell_and_traceback(smoke, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(smoke.results, results)
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    broken = ["y = 2", "def f():\n    raise ValueError('boom: 42')\n\nf()", "never = 'reached'"]
+    for name, cells in {"00_fine": ["x = 1"], "01_broken": broken, "02_after": ["z = 3"]}.items():
+        book = nbformat.v4.new_notebook()
+        book.cells = [nbformat.v4.new_code_cell('PROFILE = "demo"\nRESULTS_DIR = None',
+                                                metadata={"tags": ["parameters"]})]
+        book.cells += [nbformat.v4.new_code_cell(source) for source in cells]
+        nbformat.write(book, folder / f"{name}.ipynb")
+    status, output = camri_main("reproduce", "--profile", smoke.profile, "--results-dir", results,
+                                "--notebooks", folder)
+    assert status == 1
+    assert "notebook 01_broken.ipynb failed" in output
+    assert "raise ValueError('boom: 42')" in output  # the failing cell's source
+    assert "ValueError: boom: 42" in output and "f()" in output  # the traceback
+    assert "02_after.ipynb" not in output  # stops at the first failure
+    assert "5 of 5 runs done" in output  # the grid was finished: nothing retrained
+    executed = nbformat.read(results / "smoke" / "notebooks" / "01_broken.ipynb", as_version=4)
+    assert any(o.output_type == "error" for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_papermill_by_hand_with_the_camri_kernel(smoke, tmp_path):
+    kernel = reproduce.ensure_kernel()
+    out = tmp_path / "fig2.ipynb"
+    proc = subprocess.run([sys.executable, "-m", "papermill", str(REPO / "notebooks" / "07_fig2_loss_contours.ipynb"),
+                           str(out), "-k", kernel, "-p", "PROFILE", str(smoke.profile), "-p", "RESULTS_DIR",
+                           str(tmp_path / "results"), "-p", "RESOLUTION", "21", "-p", "MARGIN", "16pi/64"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO / "notebooks")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "results" / "smoke" / "figures" / "07_fig2_loss_contours.png").is_file()
+    assert json.loads(out.read_text())["metadata"]["papermill"]["parameters"]["MARGIN"] == "16pi/64"
+
+
+def test_important_classes_fixed_by_the_profile(smoke):
+    import yaml
+
+    raw = yaml.safe_load(SMOKE)
+    raw["important"] = {"roles": ["worst1"], "classes": {"digits": ["7"]}}
+    study = reproduce.Study(grid.parse_profile(raw), str(smoke.results), train=False)
+    runs = protocol.load_runs(smoke.out / "runs")
+    assert study.important(runs, "digits").values.tolist() == [["worst1", 7, "7"]]
+    chosen = reproduce.Study(grid.parse_profile(yaml.safe_load(SMOKE)), str(smoke.results)).important(runs, "digits")
+    assert chosen["role"].tolist() == ["worst1"]
+    recorded = json.loads((smoke.out / "important.json").read_text())["digits"][0]  # the grid's choice
+    assert chosen["class_index"].iloc[0] == recorded["class_index"]

@@ -596,7 +596,16 @@ def ce_threshold_curve(runs: pd.DataFrame, dataset: str, class_index: int,
 # ---- formatting ----------------------------------------------------------------------------------------
 
 def display_dataset(name: str) -> str:
-    """The paper's spelling of a data set (cifar10 → CIFAR-10, gtsrb → GTSRB, awa2 → AwA2); others as-is."""
+    """The paper's spelling of a data set (cifar10 → CIFAR-10, gtsrb → GTSRB, awa2 → AwA2); others as-is.
+
+    An ``imagefolder:`` source whose folder or zip is named after one of them (``cifar10-jpeg.zip``, how
+    CIFAR-10 is read without internet) is shown as that data set, so the paper's numbers join beside it.
+    """
+    if name.startswith("imagefolder:"):
+        stem = Path(name.split(":", 1)[1].rstrip("/")).name.split(".")[0].lower()
+        for key, display in DATASET_NAMES.items():
+            if stem == key or stem.startswith(key + "-") or stem.startswith(key + "_"):
+                return display
     return DATASET_NAMES.get(name, name)
 
 

@@ -362,3 +362,13 @@ def test_formatting():
     assert protocol.format_hyperparameters("camri", {"margin": (4 * PI64, 5 * PI64), "scale": 8.0}) \
         == "m=(4π/64, 5π/64), s=8"
     assert protocol.display_dataset("awa2") == "AwA2" and protocol.display_dataset("digits") == "digits"
+
+
+def test_display_dataset_recognises_an_imagefolder_copy():
+    from camri.protocol import display_dataset
+
+    assert display_dataset("cifar10") == "CIFAR-10"
+    assert display_dataset("imagefolder:/data/cifar10-jpeg.zip") == "CIFAR-10"
+    assert display_dataset("imagefolder:/data/gtsrb_png/") == "GTSRB"
+    assert display_dataset("imagefolder:/data/mycars") == "imagefolder:/data/mycars"
+    assert display_dataset("imagefolder:/data/cifar100") == "imagefolder:/data/cifar100"

@@ -357,6 +357,8 @@ def measure_config(args, width: float, dtype: str, device: torch.device, pool, p
                                         seconds)
     train_flop, eval_flop = flops[width]
     peak = peaks[dtype]
+    if not bf16 and peaks.get("float32_is_tf32"):
+        notes.append("float32 on CUDA: cuDNN convolutions use TF32, so the peak is the TF32 matmul rate")
     if bf16 and not peaks["native_bf16"]:
         notes.append("no native bf16 on this CPU: bf16 runs on emulated kernels, and its matmul 'peak' is "
                      "no real limit (the bf16 convolutions beat it)")
@@ -585,10 +587,20 @@ def main(argv=None) -> int:
         log("warning: the machine is busy (load average above); the numbers will be low and noisy")
 
     peaks = {"native_bf16": device.type == "cuda" or info["cpu_native_bf16"]}
+    # On CUDA, cuDNN runs float32 convolutions on TF32 tensor cores unless torch.backends.cudnn.allow_tf32
+    # is off: the float32 limit is then the TF32 matmul rate, so the peak is measured with TF32 too.
+    tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
+    peaks["float32_is_tf32"] = tf32
     for dtype in args.dtypes:
-        peak, n = matmul_peak(device, DTYPES[dtype], args.peak_sizes, 0.3 if args.quick else 3.0)
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32 and dtype == "float32"
+        try:
+            peak, n = matmul_peak(device, DTYPES[dtype], args.peak_sizes, 0.3 if args.quick else 3.0)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
         peaks[dtype] = peak
-        log(f"matmul peak {dtype}: {peak / 1e9:.1f} GFLOP/s (best at {n}^3)")
+        log(f"matmul peak {dtype}{' (TF32)' if tf32 and dtype == 'float32' else ''}: {peak / 1e9:.1f} GFLOP/s "
+            f"(best at {n}^3)")
     flops = {w: count_flops(w, args.loss, device) for w in args.widths}
     for w, (tr, ev) in flops.items():
         log(f"width {w}: {tr / 1e9:.3f} GFLOP per training image, {ev / 1e9:.3f} per evaluated image")

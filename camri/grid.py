@@ -98,7 +98,7 @@ class SubmititOptions:
 @dataclass
 class ExecutorOptions:
     kind: str = "local"  # local | submitit
-    workers: int | None = None  # local: parallel runs (None: one per GPU × workers_per_gpu, 1 on CPU)
+    workers: int | None = None  # local: parallel runs (None: one per GPU × workers_per_gpu; on CPU one per core, ≤ 8)
     workers_per_gpu: int = 1  # a small run cannot fill a big GPU: several share it
     submitit: SubmititOptions = field(default_factory=SubmititOptions)
 
@@ -801,14 +801,22 @@ def _visible_gpus(device: str) -> list[str]:
     return listed[:count] if listed else [str(i) for i in range(count)]
 
 
+#: The CPU default of the local executor: one single-threaded worker per core, up to this many. On 2 cores
+#: two 1-thread runs train +14% (width 0.25) to +43% (width 0.125) more images/s than one 2-thread run
+#: (docs/performance.md); beyond 8 workers, memory (each holds its data set) and the unmeasured many-core
+#: case argue for several threads per worker instead.
+CPU_WORKERS_MAX = 8
+
+
 def worker_slots(workers: int | None, workers_per_gpu: int = 1, device: str = "auto") -> list[str | None]:
     """One entry per parallel worker: the CUDA_VISIBLE_DEVICES value it gets (None: no GPU).
 
-    Default: ``workers_per_gpu`` workers on each GPU, or 1 worker without GPUs. Workers are dealt round
-    robin over the GPUs, so 4 workers on 2 GPUs put 2 on each."""
+    Default: ``workers_per_gpu`` workers on each GPU; without GPUs one worker per core, at most
+    CPU_WORKERS_MAX (each then gets cores // workers threads, see _threads_per_worker). Workers are dealt
+    round robin over the GPUs, so 4 workers on 2 GPUs put 2 on each."""
     gpus = _visible_gpus(device)
     if workers is None:
-        workers = len(gpus) * workers_per_gpu if gpus else 1
+        workers = len(gpus) * workers_per_gpu if gpus else min(os.cpu_count() or 1, CPU_WORKERS_MAX)
     return [gpus[i % len(gpus)] if gpus else None for i in range(workers)]
 
 
@@ -1386,7 +1394,7 @@ def add_cli(subparsers) -> None:
     _add_common(grid)
     grid.add_argument("--executor", choices=EXECUTORS, default=None, help="default: the profile's executor.kind")
     grid.add_argument("--workers", type=int, default=None,
-                      help="local: parallel runs (default: the profile's, else one per GPU, 1 on CPU)")
+                      help="local: parallel runs (default: the profile's, else one per GPU; on CPU one per core, at most 8)")
     grid.add_argument("--stage", choices=STAGES + ("all",), default="all")
     grid.add_argument("--no-wait", action="store_true", help="submitit: submit and return")
     grid.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,

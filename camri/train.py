@@ -24,6 +24,7 @@ import random
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,6 +185,12 @@ class Run:
         cuda = self.device.type == "cuda"
         self.amp = self.config.amp == "bf16" or (self.config.amp == "auto" and cuda)
         self.channels_last = self.config.channels_last == "on" or (self.config.channels_last == "auto" and cuda)
+        if self.amp and self.device.type == "cpu" and not cpu_has_bf16():
+            # Without bf16 kernels oneDNN emulates them: 17-23x slower than float32 (docs/performance.md).
+            warnings.warn("--amp bf16 on a CPU without native bfloat16 support (no avx512_bf16/amx): oneDNN "
+                          "falls back to slow kernels and training runs about 20x slower than float32. "
+                          "Use --amp off (or auto) on this machine.", RuntimeWarning, stacklevel=2)
+        self._tensors: dict[str, torch.Tensor] | None = None
 
     # ---- files -------------------------------------------------------------------------------------
     def _check_existing_config(self) -> None:
@@ -236,6 +243,16 @@ class Run:
             model = model.to(memory_format=torch.channels_last)
         return model, torch.optim.Adam(model.parameters(), lr=c.lr)
 
+    def _device_tensors(self) -> dict[str, torch.Tensor]:
+        """The data set's uint8 images and labels on the training device, moved there once: on a GPU a
+        batch is then gathered on the device, not on the CPU and copied from pageable memory every step
+        (CIFAR-10 is 180 MB as uint8). On the CPU these are the data set's own tensors (``to`` is a no-op)."""
+        if self._tensors is None:
+            d = self.data
+            self._tensors = {name: getattr(d, name).to(self.device)
+                             for name in ("x_train", "y_train", "x_test", "y_test")}
+        return self._tensors
+
     def _inputs(self, x_uint8: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = camri_data.to_float(x_uint8.to(self.device, non_blocking=True))
         if generator is not None:
@@ -249,8 +266,10 @@ class Run:
     def _train_epoch(self, model, optimizer, epoch: int, bar) -> tuple[float, float]:
         c = self.config
         model.train()
-        x_all, y_all = self.data.x_train, self.data.y_train
-        order = torch.randperm(len(y_all), generator=_epoch_generator(c.seed, epoch))
+        tensors = self._device_tensors()
+        x_all, y_all = tensors["x_train"], tensors["y_train"]
+        # The order is drawn on the CPU (the same on every device: seeded by (seed, epoch)), used on the device.
+        order = torch.randperm(len(y_all), generator=_epoch_generator(c.seed, epoch)).to(self.device)
         augment_gen = _epoch_generator(c.seed + 7919, epoch) if c.augment else None
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -288,13 +307,14 @@ class Run:
     def evaluate(self, model) -> dict:
         """Features, cosines, logits and loss of the whole test set (no margin in the logits)."""
         model.eval()
+        tensors = self._device_tensors()
         features = []
-        for start in range(0, len(self.data.y_test), self.config.eval_batch_size):
-            x = self._inputs(self.data.x_test[start:start + self.config.eval_batch_size])
+        for start in range(0, len(tensors["y_test"]), self.config.eval_batch_size):
+            x = self._inputs(tensors["x_test"][start:start + self.config.eval_batch_size])
             with self._autocast():
                 features.append(model(x).float())
         z = torch.cat(features)
-        y = self.data.y_test.to(self.device)
+        y = tensors["y_test"]
         head = model.head
         logits = head.logits(z)
         cosines = head.cosines(z)
@@ -389,6 +409,15 @@ class Run:
     def _log(self, message: str) -> None:
         if not self.quiet:
             tqdm.write(message, file=sys.stderr)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN has native bfloat16 kernels on this CPU (AVX512-BF16 or AMX); without them bf16
+    autocast on the CPU is emulated and far slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN: no bf16 kernels either
+        return False
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, quiet: bool = False,

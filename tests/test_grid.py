@@ -163,7 +163,13 @@ def test_important_classes_from_the_baseline(tmp_path):
 
 
 def test_worker_slots_pin_workers_to_gpus(monkeypatch):
-    assert grid.worker_slots(None, 1, "cpu") == [None]
+    cores = os.cpu_count() or 1
+    assert grid.worker_slots(None, 1, "cpu") == [None] * min(cores, grid.CPU_WORKERS_MAX)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert grid.worker_slots(None, 1, "cpu") == [None] * grid.CPU_WORKERS_MAX
+    assert grid._threads_per_worker(grid.CPU_WORKERS_MAX) == 8
+    monkeypatch.undo()
     assert grid.worker_slots(2, 1, "cpu") == [None, None]
     monkeypatch.setattr(grid, "_visible_gpus", lambda device: ["0", "1"])
     assert grid.worker_slots(None, 2, "auto") == ["0", "1", "0", "1"]

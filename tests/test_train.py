@@ -192,3 +192,19 @@ def test_bad_config_values(digits, tmp_path):
             Run(tiny(**{field: value}), tmp_path, dataset=digits)
     with pytest.raises(ValueError, match="needs at least one important class"):
         Run(tiny(loss="wce", important=[]), tmp_path, dataset=digits)
+
+
+def test_bf16_on_a_cpu_without_bf16_kernels_warns(digits, tmp_path, monkeypatch):
+    import warnings
+
+    import camri.train as camri_train
+
+    monkeypatch.setattr(camri_train, "cpu_has_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="without native bfloat16"):
+        run = Run(tiny(amp="bf16"), tmp_path, quiet=True, dataset=digits)
+    assert run.amp
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Run(tiny(amp="auto"), tmp_path, quiet=True, dataset=digits)  # float32 on CPU: nothing to warn about
+        monkeypatch.setattr(camri_train, "cpu_has_bf16", lambda: True)
+        Run(tiny(amp="bf16"), tmp_path, quiet=True, dataset=digits)

@@ -30,6 +30,8 @@ docs/performance.md is replaced by this run's.
 
 ``--concurrency 1,2`` instead measures the aggregate training images/s of K processes running at once
 (each a time-boxed camri training loop, ``--threads`` per process or cores/K), one JSON line per K.
+``--members 1,2,4`` measures K networks stacked in one model (``PaperCNN(members=K)``, grouped
+convolutions: K seeds of one configuration trained at once), aggregate images/s, one JSON line per K.
 """
 
 from __future__ import annotations
@@ -502,6 +504,61 @@ def concurrency(args) -> list[dict]:
     return rows
 
 
+# ---- K seeds as one stacked model ---------------------------------------------------------------------
+
+def members(args) -> list[dict]:
+    """Aggregate training images/s of K independent networks stacked in one model (PaperCNN(members=K):
+    grouped convolutions), each member on its own batch of ``--batch-size`` images with its own head, one
+    Adam over all: the same arithmetic as K runs, in one process and one kernel launch per layer."""
+    device = torch.device(args.device)
+    width, bf16 = args.widths[0], args.dtypes[0] == "bfloat16"
+    channels_last = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cuda")
+    pool = synthetic_dataset(max(4096, args.batch_size), 64)
+    b, rows, base = args.batch_size, [], None
+    for k in args.members:
+        torch.manual_seed(0)
+        backbone = PaperCNN(in_channels=3, width=width, z_dim=512, members=k)
+        heads = torch.nn.ModuleList(build_loss(args.loss, 10, 512, important=[3]) for _ in range(k))
+        model = torch.nn.ModuleDict({"backbone": backbone, "heads": heads}).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        g = torch.Generator().manual_seed(0)
+        x_pool, y_pool = pool.x_train.to(device), pool.y_train.to(device)
+
+        def step():
+            # Member i gets its own batch: member-major along the channels, (B, K·3, 32, 32).
+            index = torch.stack([torch.randperm(len(y_pool), generator=g)[:b] for _ in range(k)]).to(device)
+            x = camri_data.to_float(x_pool[index]).transpose(0, 1).reshape(b, k * 3, 32, 32)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 or device.type == "cuda"):
+                z = model["backbone"](x)
+            z = z.float().view(b, k, 512)
+            loss = sum(head(z[:, i], y_pool[index[i]]) for i, head in enumerate(model["heads"]))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        model.train()
+        step()  # warm-up (kernel selection, allocations)
+        sync(device)
+        load_start = loadavg()
+        total, times = time_calls(lambda: (step(), sync(device)), args.seconds, min_calls=3)
+        img_s = k * b * len(times) / total
+        if k == 1:
+            base = img_s
+        row = {"kind": "members", "members": k, "width": width, "device": device.type, "dtype": args.dtypes[0],
+               "batch_size_per_member": b, "channels_last": channels_last, "threads": torch.get_num_threads(),
+               "aggregate_img_s": round(img_s, 2), "img_s_per_member": round(img_s / k, 2),
+               "vs_one_run": round(img_s / base, 3) if base else None, "steps": len(times),
+               "loadavg_start": load_start, "loadavg": loadavg(), "cpu": cpu_model(), "torch": torch.__version__}
+        print(json.dumps(row), flush=True)
+        log(f"{k} member(s): {img_s:.1f} img/s in total, {img_s / k:.1f} per member")
+        rows.append(row)
+    return rows
+
+
 # ---- main ---------------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
@@ -533,6 +590,9 @@ def parse_args(argv=None):
                    help="also print torch.profiler's top operators of camri's training step (first width/dtype)")
     p.add_argument("--concurrency", type=lambda s: [int(v) for v in s.split(",")], default=None,
                    metavar="K1,K2", help="measure K concurrent training processes instead (first width/dtype)")
+    p.add_argument("--members", type=lambda s: [int(v) for v in s.split(",")], default=None, metavar="K1,K2",
+                   help="measure K networks stacked in one model (K seeds at once; first width/dtype); "
+                        "vs_one_run is against K=1 when the list starts with 1")
     p.add_argument("--worker-startup-s", type=float, default=20.0, help=argparse.SUPPRESS)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--start-at", type=float, default=None, help=argparse.SUPPRESS)
@@ -577,6 +637,9 @@ def main(argv=None) -> int:
         return worker(args)
     if args.concurrency:
         concurrency(args)
+        return 0
+    if args.members:
+        members(args)
         return 0
     device = torch.device(args.device)
     info = machine(device)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "throughput.py"
 REQUIRED = {"width", "device", "dtype", "camri_img_s", "conventional_img_s", "speedup_vs_conventional",
@@ -59,3 +61,13 @@ def test_concurrency_mode_reports_the_aggregate_of_k_processes():
     for row in rows:
         assert row["kind"] == "concurrency" and len(row["per_process_img_s"]) == row["processes"]
         assert row["aggregate_img_s"] > 0 and row["threads_per_process"] >= 1
+
+
+def test_members_mode_trains_k_stacked_networks_and_compares_with_one():
+    rows = _run("--members", "1,2", "--widths", "0.0625", "--dtypes", "float32", "--batch-size", "8",
+                "--seconds", "0.1", "--threads", "1")
+    assert [r["members"] for r in rows] == [1, 2]
+    assert rows[0]["vs_one_run"] == 1.0
+    for row in rows:
+        assert row["kind"] == "members" and row["aggregate_img_s"] > 0
+        assert row["img_s_per_member"] == pytest.approx(row["aggregate_img_s"] / row["members"], rel=1e-3)

@@ -10,6 +10,7 @@ Every step is a plain function on pandas DataFrames, so notebooks, profiles and 
     write_table1(table, "results/paper")               # table1.csv (the contract), table1.md, table1.tex
     paired_comparisons(sel)                            # CAMRI − CE and CAMRI − ArcFace, paired by seed
     cell_settings(runs, "cifar10", 3)                  # every setting's (recall, accuracy) point of a cell
+    epoch_curves(runs, "cifar10", 3)                   # the same settings, epoch by epoch (metrics.csv)
     ce_threshold_curve(runs, "cifar10", 3)             # post-hoc bias on CE's class-3 logit: the curve
 
 API
@@ -32,6 +33,8 @@ Settings and selection
     setting (method + hyperparameters) relevant to important class ``class_index``, aggregated over seeds,
     with ``qualified`` (maintains accuracy) and the per-seed values (``seeds``, ``recalls``,
     ``accuracies``). These rows are also the (recall, accuracy) points of a trade-off plot.
+    ``epoch_curves(runs, dataset, class_index) -> DataFrame``: the same settings' test accuracy and
+    important-class recall after every epoch (from each run's metrics.csv), mean and std over seeds.
     ``select_settings(settings, min_seeds=1) -> DataFrame``: per method two rows, ``selection`` =
     "maintaining" (the best qualifying setting; the best overall with qualified=False when none
     qualifies) and "unconstrained" (the best regardless of accuracy).
@@ -270,6 +273,36 @@ def cell_settings(runs: pd.DataFrame, dataset: str, class_index: int, *,
     return pd.DataFrame(rows, columns=[
         "method", "loss", "hyperparameters", "n_seeds", "seeds", "recalls", "accuracies", "recall_mean",
         "recall_std", "accuracy_mean", "accuracy_std", "qualified", "accuracy_threshold", "paths"])
+
+
+def epoch_curves(runs: pd.DataFrame, dataset: str, class_index: int) -> pd.DataFrame:
+    """Test accuracy and important-class recall after every epoch, per setting, over seeds.
+
+    Reads each run's metrics.csv (docs/run-format.md) for the settings of ``cell_settings(runs, dataset,
+    class_index)``. One row per setting × epoch, columns: method, loss, hyperparameters, epoch, n_seeds,
+    accuracy_mean, accuracy_std, recall_mean, recall_std (std: sample, ddof = 1; NaN for one seed). With
+    short budgets a run's final epoch is one noisy sample of a fluctuating curve; the curve shows whether
+    a gap is a trend or noise.
+    """
+    settings = cell_settings(runs, dataset, class_index)
+    class_name = _dataset_runs(runs, dataset)["classes"].iloc[0][class_index]
+    column = f"recall_{class_name}"
+    rows = []
+    for setting in settings.to_dict("records"):
+        frames = []
+        for path in setting["paths"]:
+            metrics = pd.read_csv(Path(path) / "metrics.csv")
+            if column not in metrics:
+                raise ValueError(f"{path}/metrics.csv has no column {column!r}: not a run of {dataset!r}?")
+            frames.append(metrics[["epoch", "test_accuracy", column]].rename(columns={column: "recall"}))
+        for epoch, group in pd.concat(frames).groupby("epoch", sort=True):
+            rows.append({"method": setting["method"], "loss": setting["loss"],
+                         "hyperparameters": setting["hyperparameters"], "epoch": int(epoch),
+                         "n_seeds": len(group), "accuracy_mean": group["test_accuracy"].mean(),
+                         "accuracy_std": group["test_accuracy"].std(ddof=1),
+                         "recall_mean": group["recall"].mean(), "recall_std": group["recall"].std(ddof=1)})
+    return pd.DataFrame(rows, columns=["method", "loss", "hyperparameters", "epoch", "n_seeds", "accuracy_mean",
+                                       "accuracy_std", "recall_mean", "recall_std"])
 
 
 def _best(settings: pd.DataFrame) -> pd.Series:

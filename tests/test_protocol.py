@@ -372,3 +372,26 @@ def test_display_dataset_recognises_an_imagefolder_copy():
     assert display_dataset("imagefolder:/data/gtsrb_png/") == "GTSRB"
     assert display_dataset("imagefolder:/data/mycars") == "imagefolder:/data/mycars"
     assert display_dataset("imagefolder:/data/cifar100") == "imagefolder:/data/cifar100"
+
+
+def test_epoch_curves_average_metrics_csv_over_seeds(tmp_path):
+    root = tmp_path / "runs"
+    # Two CE seeds and one CAMRI seed for c1, two epochs each; recall of c1 is the column recall_c1.
+    curves = {("ce", 0): [(0.50, 0.2), (0.60, 0.4)], ("ce", 1): [(0.70, 0.4), (0.80, 0.6)],
+              ("camri", 0): [(0.55, 0.5), (0.65, 0.7)]}
+    for (loss, seed), points in curves.items():
+        d = write_run(root, f"{loss}/s{seed}", loss=loss, seed=seed, important=[1] if loss == "camri" else [],
+                      recall=recall_with(1, points[-1][1]), accuracy=points[-1][0], epochs=2)
+        rows = ["epoch,train_loss,test_accuracy," + ",".join(f"recall_{c}" for c in CLASSES)]
+        rows += [f"{e},1.0,{a}," + ",".join(str(r if c == 1 else 0.5) for c in range(K))
+                 for e, (a, r) in enumerate(points, start=1)]
+        (d / "metrics.csv").write_text("\n".join(rows) + "\n")
+    table = protocol.epoch_curves(protocol.load_runs(root), "cifar10", 1)
+    assert list(table["method"]) == ["CAMRI", "CAMRI", "CE", "CE"]
+    ce = table[table["method"] == "CE"].set_index("epoch")
+    assert ce.loc[1, "accuracy_mean"] == pytest.approx(0.60) and ce.loc[2, "recall_mean"] == pytest.approx(0.50)
+    assert ce.loc[1, "recall_std"] == pytest.approx(math.sqrt(0.02))  # (0.2, 0.4): sample std 0.1414
+    assert (ce["n_seeds"] == 2).all()
+    camri = table[table["method"] == "CAMRI"].set_index("epoch")
+    assert camri.loc[2, "recall_mean"] == pytest.approx(0.7) and math.isnan(camri.loc[2, "recall_std"])
+    assert camri["hyperparameters"].iloc[0] == "m=4π/64, s=16"

@@ -321,9 +321,13 @@ class Run:
         # The test loss is the training objective (with its margin) on the test set, as Keras reports it.
         return {"z": z, "labels": y, "logits": logits, "cosines": cosines, "loss": head(z, y).item()}
 
+    def _confusion(self, ev: dict) -> torch.Tensor:
+        if "confusion" not in ev:  # once per evaluation: the last epoch's row and the summary share it
+            ev["confusion"] = confusion_matrix(ev["labels"].cpu(), ev["logits"].argmax(1).cpu(), self.data.num_classes)
+        return ev["confusion"]
+
     def _epoch_row(self, epoch, train_loss, train_acc, ev, seconds) -> dict:
-        k = self.data.num_classes
-        confusion = confusion_matrix(ev["labels"].cpu(), ev["logits"].argmax(1).cpu(), k)
+        confusion = self._confusion(ev)
         recall = recall_per_class(confusion)
         row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                "test_loss": ev["loss"], "test_accuracy": confusion.diagonal().sum().item() / confusion.sum().item()}
@@ -334,7 +338,7 @@ class Run:
     def _finish(self, ev: dict, history: list[dict], seconds: float) -> dict:
         k = self.data.num_classes
         labels = ev["labels"].cpu()
-        confusion = confusion_matrix(labels, ev["logits"].argmax(1).cpu(), k)
+        confusion = self._confusion(ev)
         theta = angles_deg(ev["cosines"].cpu(), labels)
         means, variances = angle_statistics(theta, labels, k)
         arrays = {"theta_deg": theta.float().numpy(), "labels": labels.numpy(),

@@ -1,4 +1,5 @@
-"""benchmarks/throughput.py runs with tiny settings and prints its JSON lines (no timing is asserted)."""
+"""benchmarks/throughput.py and gpu_checks.py run with tiny settings and print their JSON lines (no timing is
+asserted)."""
 
 import json
 import math
@@ -71,3 +72,47 @@ def test_members_mode_trains_k_stacked_networks_and_compares_with_one():
     for row in rows:
         assert row["kind"] == "members" and row["aggregate_img_s"] > 0
         assert row["img_s_per_member"] == pytest.approx(row["aggregate_img_s"] / row["members"], rel=1e-3)
+
+
+GPU_CHECKS = ROOT / "benchmarks" / "gpu_checks.py"
+
+
+def test_gpu_checks_script_runs_every_step_and_bundles_the_runs(tmp_path):
+    """The prepared GPU script, on the CPU with tiny settings: benchmark lines, a log, and the runs."""
+    import tarfile
+
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(GPU_CHECKS), "--device", "cpu", "--quick", "--out", str(out),
+                             "--data", "digits", "--width", "0.0625", "--z-dim", "8", "--epochs", "1",
+                             "--important", "3", "--seeds", "0", "--budget-s", "400"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    kinds = [json.loads(line).get("kind", "table") for line in (out / "throughput.jsonl").read_text().splitlines()]
+    assert kinds.count("table") == 2 and kinds.count("concurrency") == 2 and kinds.count("members") == 2
+    assert "| 0.0625 | float32 |" in (out / "performance-cpu.md").read_text()
+    with tarfile.open(out / "runs.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"ce-seed0/summary.json", "camri-seed0/metrics.csv", "camri-seed0/angles.npz"} <= names
+    assert not any(name.endswith("checkpoint.pt") for name in names)
+    assert len(list(out.iterdir())) <= 8  # the device tool returns at most 8 files
+
+
+def test_gpu_checks_pack_keeps_every_file_byte_for_byte(tmp_path):
+    import importlib.util
+    import zipfile
+
+    spec = importlib.util.spec_from_file_location("gpu_checks", GPU_CHECKS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    files = {f"set/{split}/{cls}/{i}.jpg": bytes([i, len(cls)]) * 50 for split in ("train", "test")
+             for cls in ("a", "b") for i in range(3)}
+    with zipfile.ZipFile(tmp_path / "set.zip", "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    module.pack(tmp_path / "set.zip", tmp_path / "set.tar.xz")
+    spec_name = module.dataset_spec(str(tmp_path / "set.tar.xz"), tmp_path / "scratch")
+    assert spec_name == f"imagefolder:{tmp_path / 'scratch' / 'data' / 'set'}"
+    unpacked = {str(p.relative_to(tmp_path / "scratch" / "data")): p.read_bytes()
+                for p in (tmp_path / "scratch" / "data").rglob("*.jpg")}
+    assert unpacked == files
+    assert module.dataset_spec("digits", tmp_path) == "digits"

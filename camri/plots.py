@@ -400,6 +400,29 @@ def plot_tradeoff(settings: pd.DataFrame, *, curve: pd.DataFrame | None = None,
     return fig
 
 
+def plot_epoch_curves(curves: pd.DataFrame, *, class_name: str = "important class", title: str = "") -> Figure:
+    """Test accuracy (left) and important-class recall (right) after every epoch, one line per setting
+    (``protocol.epoch_curves`` rows: mean over seeds, the band ± one std where there are several)."""
+    fig = _figure(9.0, 3.4)
+    axes = fig.subplots(1, 2)
+    for (method, hyper), part in curves.groupby(["method", "hyperparameters"], sort=False):
+        part = part.sort_values("epoch")
+        label = method if not hyper else f"{method} ({hyper})"
+        for ax, what in zip(axes, ("accuracy", "recall")):
+            mean = part[f"{what}_mean"].to_numpy(dtype=float)
+            std = np.nan_to_num(part[f"{what}_std"].to_numpy(dtype=float))
+            line, = ax.plot(part["epoch"], mean, marker="." if len(part) < 30 else None, lw=1.2, label=label,
+                            color=METHOD_COLORS.get(method) if curves["method"].eq(method).sum() == len(part) else None)
+            ax.fill_between(part["epoch"], mean - std, mean + std, color=line.get_color(), alpha=0.15, lw=0)
+    axes[0].set_ylabel("test accuracy")
+    axes[1].set_ylabel(f"recall of {class_name}")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    axes[1].legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
 def plot_learning_curves(metrics: Mapping[str, pd.DataFrame], column: str = "test_accuracy", *,
                          title: str = "") -> Figure:
     """``column`` of metrics.csv over epochs, one line per run (label → DataFrame)."""

@@ -144,3 +144,19 @@ def test_data_figures():
     assert sum(bool(ax.images) for ax in fig.axes) == 12
     rgb = rng.integers(0, 255, (6, 3, 8, 8), dtype=np.uint8)
     assert sum(bool(ax.images) for ax in plots.plot_samples(rgb, np.arange(6) % 2, ["a", "b"]).axes) == 6
+
+
+def test_epoch_curves_plot_one_line_and_band_per_setting():
+    curves = pd.DataFrame({
+        "method": ["CE", "CE", "CAMRI", "CAMRI", "CAMRI", "CAMRI"],
+        "hyperparameters": ["", "", "m=4π/64, s=16", "m=4π/64, s=16", "m=1π/64, s=16", "m=1π/64, s=16"],
+        "epoch": [1, 2, 1, 2, 1, 2], "accuracy_mean": [0.5, 0.6, 0.4, 0.55, 0.45, 0.6],
+        "accuracy_std": [0.01, 0.02, np.nan, np.nan, 0.01, 0.01], "recall_mean": [0.2, 0.3, 0.4, 0.5, 0.3, 0.35],
+        "recall_std": [0.1, 0.1, np.nan, np.nan, 0.05, 0.05]})
+    fig = plots.plot_epoch_curves(curves, class_name="cat")
+    assert drawn(fig)
+    left, right = fig.axes
+    assert len(left.lines) == len(right.lines) == 3
+    assert [t.get_text() for t in right.get_legend().get_texts()] == ["CE", "CAMRI (m=4π/64, s=16)", "CAMRI (m=1π/64, s=16)"]
+    assert right.get_ylabel() == "recall of cat"
+    np.testing.assert_allclose(left.lines[0].get_ydata(), [0.5, 0.6])

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from camri.io import atomic_write
 from camri.losses import build_loss, paper_margin
@@ -418,6 +419,7 @@ def plot_epoch_curves(curves: pd.DataFrame, *, class_name: str = "important clas
     axes[1].set_ylabel(f"recall of {class_name}")
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[1].legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=10)
     return fig

@@ -37,6 +37,19 @@ def settings_markdown(settings: pd.DataFrame, runs: pd.DataFrame) -> str:
     return "\n".join(lines) + f"\n\nAccuracy threshold (mean CE accuracy − 0.005): {threshold:.4f}.\n"
 
 
+def late_markdown(curves: pd.DataFrame, last: int = 5) -> str:
+    """Mean over the last ``last`` epochs (and the seeds): a final epoch alone is one sample of a curve that
+    swings by tenths of recall from epoch to epoch at this budget."""
+    epochs = int(curves["epoch"].max())
+    window = curves[curves["epoch"] > epochs - min(last, epochs // 2)]
+    first = int(window["epoch"].min())
+    lines = [f"\nMean over epochs {first}–{epochs} and the seeds (per-epoch test metrics, metrics.csv):\n",
+             "| method | setting | cat recall | accuracy |", "|---|---|---|---|"]
+    for (method, hyper), part in window.groupby(["method", "hyperparameters"], sort=False):
+        lines.append(f"| {method} | {hyper or '–'} | {part['recall_mean'].mean():.3f} | {part['accuracy_mean'].mean():.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 def angle_rows(runs: pd.DataFrame) -> list[str]:
     """Per run: the angles (degrees) between cat's test features and cat's weight vector, for all cats, the
     correctly classified and the misclassified ones, against the other classes' mean variance."""
@@ -61,8 +74,8 @@ def main() -> None:
         if runs.empty or "ce" not in set(runs["loss"]):
             continue
         settings = protocol.cell_settings(runs, DATASET, CAT)
-        atomic_write_text(HERE / part / "settings.md", settings_markdown(settings, runs))
         curves = protocol.epoch_curves(runs, DATASET, CAT)
+        atomic_write_text(HERE / part / "settings.md", settings_markdown(settings, runs) + late_markdown(curves))
         atomic_write_text(HERE / part / "curves.csv", curves.to_csv(index=False, float_format="%.4f"))
         epochs = int(curves["epoch"].max())
         plots.save_figure(plots.plot_epoch_curves(

@@ -50,6 +50,32 @@ def late_markdown(curves: pd.DataFrame, last: int = 5) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_epochs_markdown(runs: pd.DataFrame, settings: pd.DataFrame) -> str:
+    """How often each setting's cat recall and accuracy beat CE's, paired by seed and epoch over the second
+    half of training (metrics.csv)."""
+    def metrics(path):
+        return pd.read_csv(Path(path) / "metrics.csv").set_index("epoch")
+
+    ce_rows = settings[settings["method"] == "CE"].iloc[0]
+    ce = {seed: metrics(path) for seed, path in zip(ce_rows["seeds"], ce_rows["paths"])}
+    column = f"recall_{runs['classes'].iloc[0][CAT]}"
+    lines = ["\nPaired with CE by seed and epoch over the second half of training:\n",
+             "| method | setting | pairs | cat recall higher | accuracy higher |", "|---|---|---|---|---|"]
+    for row in settings[settings["method"] != "CE"].itertuples():
+        pairs = recall_wins = accuracy_wins = 0
+        for seed, path in zip(row.seeds, row.paths):
+            if seed not in ce:
+                continue
+            mine, base = metrics(path), ce[seed]
+            last = int(min(mine.index.max(), base.index.max()))
+            for epoch in range(last // 2 + 1, last + 1):
+                pairs += 1
+                recall_wins += mine.at[epoch, column] > base.at[epoch, column]
+                accuracy_wins += mine.at[epoch, "test_accuracy"] > base.at[epoch, "test_accuracy"]
+        lines.append(f"| {row.method} | {row.hyperparameters} | {pairs} | {recall_wins} | {accuracy_wins} |")
+    return "\n".join(lines) + "\n"
+
+
 def angle_rows(runs: pd.DataFrame) -> list[str]:
     """Per run: the angles (degrees) between cat's test features and cat's weight vector, for all cats, the
     correctly classified and the misclassified ones, against the other classes' mean variance."""
@@ -75,7 +101,8 @@ def main() -> None:
             continue
         settings = protocol.cell_settings(runs, DATASET, CAT)
         curves = protocol.epoch_curves(runs, DATASET, CAT)
-        atomic_write_text(HERE / part / "settings.md", settings_markdown(settings, runs) + late_markdown(curves))
+        atomic_write_text(HERE / part / "settings.md", settings_markdown(settings, runs) + late_markdown(curves)
+                          + paired_epochs_markdown(runs, settings))
         atomic_write_text(HERE / part / "curves.csv", curves.to_csv(index=False, float_format="%.4f"))
         epochs = int(curves["epoch"].max())
         plots.save_figure(plots.plot_epoch_curves(

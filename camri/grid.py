@@ -294,6 +294,11 @@ def _parse_important(section, datasets, source) -> ImportantOptions:
         for item in items:
             if isinstance(item, bool) or not isinstance(item, (int, str)) or (isinstance(item, int) and item < 0):
                 raise _fail(source, where, f"classes are names or indices >= 0; got {item!r}")
+        # Fixed classes take the roles in order (Table 1 reports one class per role; protocol.select_all).
+        if len(items) > len(options.roles):
+            raise _fail(source, where, f"names {len(items)} classes but important.roles has {len(options.roles)} "
+                                       f"({', '.join(options.roles)}): the classes take the roles in order, one each; "
+                                       "list more roles or fewer classes")
         classes[dataset] = items
     options.classes = classes
     return options
@@ -592,7 +597,8 @@ def choose_important(profile: Profile | str, results_dir=None, *, record: bool =
             indices = items if all(isinstance(i, int) for i in items) else resolve_important(
                 items, _class_names(profile, dataset))
             chosen[dataset] = list(dict.fromkeys(int(i) for i in indices))
-            record_rows[dataset] = [{"role": "fixed", "class_index": int(i)} for i in chosen[dataset]]
+            record_rows[dataset] = [{"role": role, "class_index": int(i), "fixed": True}
+                                    for role, i in zip(profile.important.roles, chosen[dataset])]
             continue
         baseline = [s for s in expand(profile, "baseline", results_dir=results_dir) if s.config.dataset == dataset]
         missing = [s.key for s in baseline if not (s.out_dir / "summary.json").is_file()]

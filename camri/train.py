@@ -66,7 +66,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
     amp: str = "auto"  # auto | bf16 | off: bf16 autocast; auto = on for CUDA
-    channels_last: str = "auto"  # auto | on | off: auto = on for CUDA
+    channels_last: str = "auto"  # auto | on | off: auto = on for CUDA and CPU (faster on both), off for MPS
     augment: bool = False  # random crop + flip (camri.data.augment_batch); the paper uses none
     image_size: int | None = None  # data sets that are resized (gtsrb, awa2); None = their default
     eval_batch_size: int = 1024
@@ -184,7 +184,10 @@ class Run:
         self.device = resolve_device(self.config.device)
         cuda = self.device.type == "cuda"
         self.amp = self.config.amp == "bf16" or (self.config.amp == "auto" and cuda)
-        self.channels_last = self.config.channels_last == "on" or (self.config.channels_last == "auto" and cuda)
+        # channels_last: +4% (width 1.0) to +24% (width 0.125) on CPU as on CUDA (docs/performance.md);
+        # MPS is not measured and stays NCHW.
+        self.channels_last = self.config.channels_last == "on" or (
+            self.config.channels_last == "auto" and self.device.type in ("cuda", "cpu"))
         if self.amp and self.device.type == "cpu" and not cpu_has_bf16():
             # Without bf16 kernels oneDNN emulates them: 17-23x slower than float32 (docs/performance.md).
             warnings.warn("--amp bf16 on a CPU without native bfloat16 support (no avx512_bf16/amx): oneDNN "
@@ -197,7 +200,8 @@ class Run:
         path = self.out / "config.json"
         if not path.exists():
             return
-        stored = read_json(path)["config"]
+        record = read_json(path)
+        stored = record["config"]
         stored.pop("data_dir", None)
         mine = self.config.identity()
         diff = {k: (stored.get(k), v) for k, v in mine.items() if stored.get(k) != v}
@@ -206,6 +210,15 @@ class Run:
             raise ConfigMismatchError(
                 f"{self.out} already holds a run with another configuration ({lines}). "
                 "Use another --out, or delete that directory to start over.")
+        # An "auto" setting resolves by camri's defaults of the day; a run resumes with what it started with
+        # (a default that changed since, e.g. channels_last on CPU, would change its last bits mid-run).
+        same_device = str(record.get("device", "")).split(":")[0] == self.device.type
+        for key, attribute, field_name in (("channels_last", "channels_last", "channels_last"),
+                                           ("amp_bf16", "amp", "amp")):
+            if (same_device and getattr(self.config, field_name) == "auto" and key in record
+                    and bool(record[key]) != getattr(self, attribute)):
+                self._log(f"{self.out}: resuming with {key} = {bool(record[key])}, as the run started")
+                setattr(self, attribute, bool(record[key]))
 
     def _write_config(self) -> None:
         atomic_write_json(self.out / "config.json", {

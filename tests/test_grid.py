@@ -52,6 +52,12 @@ def test_expansion_counts_and_deduplication(tmp_path):
                          "wce": {"weight": [2, 4]}, "crwwce": {"weight": [2], "fp_weight": [1, 2]}})
     important = grid.choose_important(p, tmp_path)  # fixed indices: no data set is loaded
     assert important == {"digits": [3, 5], "mnist": [1]}
+    # Fixed classes take the roles in order, as protocol.select_all reports them.
+    recorded = json.loads((tmp_path / "tiny" / "important.json").read_text())
+    assert [(r["role"], r["class_index"], r["fixed"]) for r in recorded["digits"]] == [
+        ("worst1", 3, True), ("worst2", 5, True)]
+    with pytest.raises(ValueError, match="names 2 classes but important.roles has 1"):
+        profile(important={"roles": ["worst1"], "classes": {"digits": [3, 5]}})
     baseline = grid.expand(p, "baseline", results_dir=tmp_path)
     methods = grid.expand(p, "methods", important, results_dir=tmp_path)
     everything = grid.expand(p, "all", important, results_dir=tmp_path)

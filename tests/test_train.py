@@ -208,3 +208,28 @@ def test_bf16_on_a_cpu_without_bf16_kernels_warns(digits, tmp_path, monkeypatch)
         Run(tiny(amp="auto"), tmp_path, quiet=True, dataset=digits)  # float32 on CPU: nothing to warn about
         monkeypatch.setattr(camri_train, "cpu_has_bf16", lambda: True)
         Run(tiny(amp="bf16"), tmp_path, quiet=True, dataset=digits)
+
+
+def test_channels_last_by_default_and_a_run_resumes_in_the_format_it_started_with(digits, tmp_path, monkeypatch):
+    assert Run(tiny(), tmp_path / "new", quiet=True, dataset=digits).channels_last  # CPU and CUDA: on
+    assert not Run(tiny(channels_last="off"), tmp_path / "new", quiet=True, dataset=digits).channels_last
+    train(tiny(channels_last="off"), tmp_path / "nchw", quiet=True, dataset=digits)
+
+    # An "auto" run started by a camri whose CPU default was NCHW, interrupted during epoch 2.
+    original = Run._train_epoch
+
+    def interrupted_in_epoch_2(self, model, optimizer, epoch, bar):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, model, optimizer, epoch, bar)
+
+    monkeypatch.setattr(Run, "_train_epoch", interrupted_in_epoch_2)
+    old = Run(tiny(), tmp_path / "old", quiet=True, dataset=digits)
+    old.channels_last = False
+    with pytest.raises(KeyboardInterrupt):
+        old.execute()
+    monkeypatch.undo()
+    resumed = Run(tiny(), tmp_path / "old", quiet=True, dataset=digits)
+    resumed.execute()
+    assert not resumed.channels_last
+    assert _rows(tmp_path / "old") == _rows(tmp_path / "nchw")  # bit for bit the NCHW run

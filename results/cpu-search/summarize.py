@@ -5,7 +5,8 @@
 writes results/cpu-search/<part>/settings.md (every setting of the cell: mean ± std over seeds of cat's
 recall and the accuracy, "maintains accuracy" by the protocol's rule, cat's relative angle variance), <part>/curves.csv and
 <part>/curves.png (per-epoch means over seeds, camri.protocol.epoch_curves), <part>/angles.md (per run,
-the angles between cat's test features and its weight vector, in degrees), for part = epochs, margins,
+the angles between cat's test features and its weight vector, in degrees), <part>/table1.csv/.md/.tex
+(the protocol's choice per method, camri.protocol.table1), for part = epochs, margins,
 scales. All numbers come from camri.protocol; this file only formats them.
 """
 
@@ -108,6 +109,10 @@ def main() -> None:
         plots.save_figure(plots.plot_epoch_curves(
             curves, class_name="cat", title=f"CIFAR-10 (JPEG), width 1/8, {epochs} epochs: {part}"),
             HERE / part / "curves")
+        # The protocol's Table 1 cell (cat as worst1, the paper's role for it): each method's best setting
+        # among those maintaining accuracy, beside the paper's numbers.
+        selections = protocol.select_all(runs, roles=["worst1"], important={DATASET: ["cat"]})
+        protocol.write_table1(protocol.table1(selections), HERE / part)
         header = ["| run | seed | epochs | cat: mean / var | correctly classified cats | misclassified cats "
                   "| other classes' var | cat var / others' |", "|---|---|---|---|---|---|---|---|"]
         atomic_write_text(HERE / part / "angles.md", "\n".join(header + angle_rows(runs)) + "\n")

@@ -60,7 +60,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
 from camri import data as camri_data  # noqa: E402
 from camri.losses import build_loss  # noqa: E402
 from camri.models import Classifier, PaperCNN  # noqa: E402
-from camri.train import Run, TrainConfig  # noqa: E402
+from camri.train import Run, TrainConfig, cpu_has_bf16, resolve_channels_last  # noqa: E402
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
@@ -91,25 +91,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def native_cpu_bf16() -> bool:
-    """Whether oneDNN has bf16 kernels for this CPU (AVX-512 BF16 or AMX); without them bf16 is emulated."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        flags = cpu_flags()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def machine(device: torch.device) -> dict:
     info = {
         "cpu": cpu_model(),
@@ -117,7 +98,7 @@ def machine(device: torch.device) -> dict:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_native_bf16": native_cpu_bf16(),
+        "cpu_native_bf16": cpu_has_bf16(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -303,7 +284,7 @@ def measure_conventional(args, width: float, bf16: bool, device: torch.device, p
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    channels_last = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cuda")
+    channels_last = resolve_channels_last(args.channels_last, device)
     model = build_model(width, args.loss, device, channels_last)
     if args.compile:
         model = torch.compile(model)
@@ -512,7 +493,7 @@ def members(args) -> list[dict]:
     Adam over all: the same arithmetic as K runs, in one process and one kernel launch per layer."""
     device = torch.device(args.device)
     width, bf16 = args.widths[0], args.dtypes[0] == "bfloat16"
-    channels_last = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cuda")
+    channels_last = resolve_channels_last(args.channels_last, device)
     pool = synthetic_dataset(max(4096, args.batch_size), 64)
     b, rows, base = args.batch_size, [], None
     for k in args.members:
@@ -532,7 +513,7 @@ def members(args) -> list[dict]:
             x = camri_data.to_float(x_pool[index]).transpose(0, 1).reshape(b, k * 3, 32, 32)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 or device.type == "cuda"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 z = model["backbone"](x)
             z = z.float().view(b, k, 512)
             loss = sum(head(z[:, i], y_pool[index[i]]) for i, head in enumerate(model["heads"]))
@@ -577,7 +558,7 @@ def parse_args(argv=None):
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers of the conventional loop")
     p.add_argument("--pngs", type=int, default=None, help="PNG files of the conventional loop's ImageFolder")
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
-                   help="camri's setting (auto: on for CUDA); the conventional loop uses the same")
+                   help="camri's setting (auto: on for CUDA and CPU); the conventional loop uses the same")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (both loops)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--loss", default="camri", help="head of the model (camri.losses name)")

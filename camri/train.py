@@ -184,10 +184,7 @@ class Run:
         self.device = resolve_device(self.config.device)
         cuda = self.device.type == "cuda"
         self.amp = self.config.amp == "bf16" or (self.config.amp == "auto" and cuda)
-        # channels_last: +4% (width 1.0) to +24% (width 0.125) on CPU as on CUDA (docs/performance.md);
-        # MPS is not measured and stays NCHW.
-        self.channels_last = self.config.channels_last == "on" or (
-            self.config.channels_last == "auto" and self.device.type in ("cuda", "cpu"))
+        self.channels_last = resolve_channels_last(self.config.channels_last, self.device)
         if self.amp and self.device.type == "cpu" and not cpu_has_bf16():
             # Without bf16 kernels oneDNN emulates them: 17-23x slower than float32 (docs/performance.md).
             warnings.warn("--amp bf16 on a CPU without native bfloat16 support (no avx512_bf16/amx): oneDNN "
@@ -213,9 +210,8 @@ class Run:
         # An "auto" setting resolves by camri's defaults of the day; a run resumes with what it started with
         # (a default that changed since, e.g. channels_last on CPU, would change its last bits mid-run).
         same_device = str(record.get("device", "")).split(":")[0] == self.device.type
-        for key, attribute, field_name in (("channels_last", "channels_last", "channels_last"),
-                                           ("amp_bf16", "amp", "amp")):
-            if (same_device and getattr(self.config, field_name) == "auto" and key in record
+        for key, attribute in (("channels_last", "channels_last"), ("amp_bf16", "amp")):  # attribute = config field
+            if (same_device and getattr(self.config, attribute) == "auto" and key in record
                     and bool(record[key]) != getattr(self, attribute)):
                 self._log(f"{self.out}: resuming with {key} = {bool(record[key])}, as the run started")
                 setattr(self, attribute, bool(record[key]))
@@ -426,6 +422,12 @@ class Run:
     def _log(self, message: str) -> None:
         if not self.quiet:
             tqdm.write(message, file=sys.stderr)
+
+
+def resolve_channels_last(setting: str, device: torch.device) -> bool:
+    """``channels_last`` "on" / "off", or "auto": on for CUDA and CPU, where it measured +4% (width 1.0)
+    to +24% (width 0.125) on CPU (docs/performance.md); MPS is not measured and stays NCHW."""
+    return setting == "on" or (setting == "auto" and device.type in ("cuda", "cpu"))
 
 
 def cpu_has_bf16() -> bool:

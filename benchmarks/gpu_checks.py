@@ -125,7 +125,7 @@ TRAIN_CHILD = """
 import sys, json
 from camri.train import TrainConfig, train
 config = TrainConfig(**json.loads(sys.argv[1]))
-train(config, sys.argv[2], quiet=True)
+train(config, sys.argv[2])  # per-epoch lines and progress go to the run's log.txt
 """
 
 

@@ -28,14 +28,55 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSS_NAMES = ("ce", "wce", "crwwce", "l2softmax", "arcface", "camri")
-#: Losses whose definition depends on the important classes (CE, L2-softmax and ArcFace do not).
-IMPORTANT_LOSSES = ("wce", "crwwce", "camri")
+
+@dataclass(frozen=True)
+class LossInfo:
+    """One entry of the loss registry ``LOSSES``: everything the rest of camri needs to know about a loss.
+
+    name: the config name (``--loss``); display: the paper's name (tables, figures);
+    axes: the TrainConfig fields that make one of its settings (grid axes, hyperparameters in tables), in
+        slug order; the others are ignored for it (a CE run's config still carries the default margin);
+    class_specific: defined per important class (trained once per class), else shared by every class;
+    rank: display order in tables and figures (0 first; the paper lists CAMRI first, CE last);
+    in_table1: a row of the paper's Table 1 (L2-softmax is not).
+    """
+
+    name: str
+    display: str
+    axes: tuple[str, ...]
+    class_specific: bool
+    rank: int
+    in_table1: bool = True
+
+
+#: The loss registry, in definition (and grid expansion) order: Fig. 2's panel order.
+LOSSES = {info.name: info for info in (
+    LossInfo("ce", "CE", (), False, 5),
+    LossInfo("wce", "WCE", ("weight",), True, 4),
+    LossInfo("crwwce", "CRWWCE", ("weight", "fp_weight"), True, 3),
+    LossInfo("l2softmax", "L2-softmax", ("scale",), False, 2, in_table1=False),
+    LossInfo("arcface", "ArcFace", ("margin", "scale"), False, 1),
+    LossInfo("camri", "CAMRI", ("margin", "scale"), True, 0),
+)}
+LOSS_NAMES = tuple(LOSSES)
+#: The losses in display order (tables, figures).
+DISPLAY_ORDER = tuple(sorted(LOSSES, key=lambda name: LOSSES[name].rank))
+#: The roles an important class is chosen for from the CE baseline (camri.protocol.choose_important).
+ROLES = ("worst1", "worst2", "median")
+
+
+def loss_info(name: str) -> LossInfo:
+    """The registry entry of loss ``name``; a ValueError naming the valid ones otherwise."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}: valid are {', '.join(LOSS_NAMES)}")
+    return LOSSES[name]
+
 
 #: arccos has slope -1/sqrt(1 - x²), infinite at |x| = 1. Clamping its input to [-1 + eps, 1 - eps] keeps
 #: the gradient finite (at most ~1/sqrt(2 eps) ≈ 2236 in magnitude). The authors' code uses the same
@@ -51,23 +92,37 @@ def paper_margin(k: float, denominator: int = 64) -> float:
 _PI_FORM = re.compile(r"^\s*([0-9.]*)\s*\*?\s*(pi|π)\s*(?:/\s*([0-9.]+))?\s*$")
 
 
-def parse_margin(text: str | float) -> float:
+def parse_margin(text: str | float, name: str = "margin") -> float:
     """Parse a margin given in radians (``0.196``) or the paper's notation (``4pi/64``, ``4*pi/64``,
-    ``pi/16``, ``4π/64``) into radians."""
+    ``pi/16``, ``4π/64``) into radians. Anything else (None, a list, a bool, a zero denominator) is a
+    ValueError naming the parameter ``name``; the range is checked by the loss (``build_loss``)."""
+    if isinstance(text, bool) or not isinstance(text, (int, float, str)):
+        raise ValueError(f"{name} must be a number of radians (e.g. 0.196) or k*pi/d (e.g. 4pi/64); got {text!r}")
     if isinstance(text, (int, float)):
-        return float(text)
-    match = _PI_FORM.match(text.lower())
-    if match:
-        numerator = float(match.group(1)) if match.group(1) else 1.0
-        denominator = float(match.group(3)) if match.group(3) else 1.0
-        return numerator * math.pi / denominator
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(
-            f"margin {text!r} is not a number of radians (e.g. 0.196) nor in the paper's notation "
-            "k*pi/d (e.g. 4pi/64)"
-        ) from None
+        value = float(text)
+    else:
+        match = _PI_FORM.match(text.lower())
+        try:
+            if match:
+                numerator = float(match.group(1)) if match.group(1) else 1.0
+                denominator = float(match.group(3)) if match.group(3) else 1.0
+                value = numerator * math.pi / denominator
+            else:
+                value = float(text)
+        except (ValueError, ZeroDivisionError):
+            value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"{name} {text!r} is not a number of radians (e.g. 0.196) nor in the paper's notation "
+                         "k*pi/d with d > 0 (e.g. 4pi/64)")
+    return value
+
+
+def parse_margins(value, name: str = "margin") -> tuple[float, ...]:
+    """A margin or a list of margins (one per important class) as a non-empty tuple of radians."""
+    values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    if not values:
+        raise ValueError(f"{name} must give at least one margin; got an empty list")
+    return tuple(parse_margin(v, name) for v in values)
 
 
 def margin_target_cosine(cos_t: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
@@ -224,7 +279,7 @@ def _valid_important(important, num_classes) -> tuple[int, ...]:
 
 
 def _valid_margins(margin, important) -> list[float]:
-    margins = [float(m) for m in margin] if isinstance(margin, Sequence) else [float(margin)]
+    margins = list(parse_margins(margin))
     for m in margins:
         if not 0.0 <= m < math.pi:
             raise ValueError(f"margin {m} is out of range: allowed is 0 <= margin < pi (radians)")
@@ -244,7 +299,7 @@ def build_loss(
     feature_dim: int,
     *,
     important: Sequence[int] = (),
-    margin: float | Sequence[float] = paper_margin(4),
+    margin: float | str | Sequence[float | str] = paper_margin(4),
     scale: float = 16.0,
     weight: float = 2.0,
     fp_weight: float = 1.0,
@@ -253,20 +308,19 @@ def build_loss(
 
     important: class indices that matter (``wce``, ``crwwce``, ``camri`` need at least one; the other
         losses accept and ignore them).
-    margin: radians, 0 <= m < π; a scalar, or one per important class (``camri``). Default 4π/64, the
-        authors' setting for cat. Use ``paper_margin(k)`` for k·π/64.
+    margin: radians, 0 <= m < π (or the paper's notation, ``parse_margin``); one, or one per important
+        class (``camri``). Default 4π/64, the authors' setting for cat. ``paper_margin(k)`` is k·π/64.
     scale: s > 0 of the angular heads (default 16, the authors' setting for cat and dog).
     weight: > 0, WCE weight / CRWWCE false-negative weight of the important classes (default 2).
     fp_weight: >= 0, CRWWCE false-positive weight (default 1).
     """
-    if name not in LOSS_NAMES:
-        raise ValueError(f"unknown loss {name!r}: valid are {', '.join(LOSS_NAMES)}")
+    info = loss_info(name)
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2; got {num_classes}")
     if feature_dim < 1:
         raise ValueError(f"feature_dim must be at least 1; got {feature_dim}")
     important = _valid_important(important, num_classes)
-    if name in IMPORTANT_LOSSES and not important:
+    if info.class_specific and not important:
         raise ValueError(f"loss {name!r} needs at least one important class (important=...)")
     margins = _valid_margins(margin, important)
     if not scale > 0:

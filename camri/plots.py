@@ -28,16 +28,14 @@ import matplotlib
 
 import numpy as np
 import pandas as pd
+import seaborn as sns
 import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from camri.io import atomic_write
-from camri.losses import build_loss, paper_margin
+from camri.losses import LOSS_NAMES, LOSSES, build_loss, paper_margin
 
-#: The losses of Fig. 2, in the paper's panel order, with their display names.
-FIG2_LOSSES = {"ce": "CE", "wce": "WCE", "crwwce": "CRWWCE", "l2softmax": "L2-softmax", "arcface": "ArcFace",
-               "camri": "CAMRI"}
 #: One colour per method everywhere (matplotlib's tab10 entries).
 METHOD_COLORS = {"CE": "#7f7f7f", "WCE": "#8c564b", "CRWWCE": "#e377c2", "L2-softmax": "#bcbd22",
                  "ArcFace": "#1f77b4", "CAMRI": "#d62728"}
@@ -120,7 +118,7 @@ def _draw_weights(ax, weights: np.ndarray, labels: Sequence[str], highlight: Seq
                 fontweight="bold" if bold else "normal", fontsize=9)
 
 
-def plot_loss_contours(losses: Sequence[str] = tuple(FIG2_LOSSES), *, target: int = 1, extent: float = 3.0,
+def plot_loss_contours(losses: Sequence[str] = LOSS_NAMES, *, target: int = 1, extent: float = 3.0,
                        resolution: int = 161, levels: int = 16, ncols: int = 3, **loss_kwargs) -> Figure:
     """Fig. 2: one panel per loss, the loss of a class-``target`` feature over the plane (filled contours),
     the three weight vectors W_0..W_2, the test-time decision boundaries (solid) and, where a margin moves
@@ -152,7 +150,7 @@ def plot_loss_contours(losses: Sequence[str] = tuple(FIG2_LOSSES), *, target: in
                            linestyles="--")
         _draw_weights(ax, weights * extent * 0.55, [f"$W_{k}$" for k in range(len(weights))], highlight=[target],
                       colors=["white"] * len(weights))
-        ax.set_title(f"{FIG2_LOSSES.get(loss, loss)} (target class {target})", fontsize=10)
+        ax.set_title(f"{LOSSES[loss].display} (target class {target})", fontsize=10)
         ax.set_aspect("equal")
         ax.set_xlabel("$z_1$")
         ax.set_ylabel("$z_2$")
@@ -248,7 +246,7 @@ def plot_fig3(panels: Mapping[str, Mapping], *, classes: Sequence[str] | None = 
 def plot_angle_histograms(angles: Mapping[str, tuple[np.ndarray, np.ndarray]], important: int, *,
                           class_name: str | None = None, bins: int = 40) -> Figure:
     """Histograms (densities) of θ, the angle between a test feature and its own class's weight vector:
-    the important class vs all the other classes, one panel per method.
+    the important class vs all the other classes (with its kernel density estimate), one panel per method.
 
     angles: method → (theta_deg (N,), labels (N,)), e.g. from the runs' angles.npz. Each panel shows
     both variances and the relative variance var(important) / mean var(other classes)."""
@@ -261,9 +259,11 @@ def plot_angle_histograms(angles: Mapping[str, tuple[np.ndarray, np.ndarray]], i
         theta, labels = np.asarray(theta, dtype=float), np.asarray(labels)
         mine, others = theta[labels == important], theta[labels != important]
         color = METHOD_COLORS.get(method, "#1f77b4")
-        ax.hist(others, bins=edges, density=True, histtype="step", color="black", lw=1.0, label="other classes")
-        ax.hist(mine, bins=edges, density=True, histtype="stepfilled", color=color, alpha=0.5,
-                label=f"class {name}")
+        sns.histplot(x=others, bins=edges, stat="density", element="step", fill=False, color="black", lw=1.0,
+                     label="other classes", ax=ax)
+        # seaborn adds the kernel density estimate of the important class (it needs two distinct angles).
+        sns.histplot(x=mine, bins=edges, stat="density", element="step", color=color, alpha=0.5,
+                     kde=len(np.unique(mine)) > 1, line_kws={"lw": 1.5}, label=f"class {name}", ax=ax)
         other_vars = [theta[labels == k].var() for k in np.unique(labels) if k != important
                       and (labels == k).any()]
         relative = mine.var() / np.mean(other_vars) if len(mine) and other_vars else float("nan")

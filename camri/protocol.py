@@ -62,7 +62,7 @@ Rules (docs/protocol.md explains why)
 - Ranking of classes: mean recall over the CE seeds, ascending; equal means (to 12 decimals) are ordered
   by class index, lower first. worst1 = position 0, worst2 = position 1, median = position (K − 1) // 2,
   the lower median when K is even (K = 10: the 5th lowest).
-- A setting = loss + the hyperparameters that loss uses (``HYPERPARAMETERS``). CE, L2-softmax and ArcFace
+- A setting = loss + the hyperparameters that loss uses (``camri.losses.LOSSES[loss].axes``). CE, L2-softmax and ArcFace
   runs serve every important class; CAMRI, WCE and CRWWCE runs serve class c when ``important == (c,)``.
 - Maintaining accuracy: mean accuracy over seeds >= mean CE accuracy − ``tolerance`` (default 0.005).
 - Best = highest mean important-class recall; ties → higher mean accuracy → more seeds → smaller
@@ -82,23 +82,15 @@ import pandas as pd
 from scipy import stats
 
 from camri.io import atomic_write_text, read_json
+from camri.losses import DISPLAY_ORDER, LOSSES, ROLES
 
-# loss name → display name, in the order methods are listed everywhere.
-METHOD_NAMES = {"camri": "CAMRI", "arcface": "ArcFace", "l2softmax": "L2-softmax",
-                "crwwce": "CRWWCE", "wce": "WCE", "ce": "CE"}
-TABLE1_METHODS = ("CAMRI", "ArcFace", "CRWWCE", "WCE", "CE")
-ROLES = ("worst1", "worst2", "median")
+# Table 1's rows, in the paper's order (from the loss registry; L2-softmax is not in Table 1).
+TABLE1_METHODS = tuple(LOSSES[name].display for name in DISPLAY_ORDER if LOSSES[name].in_table1)
 DATASET_NAMES = {"cifar10": "CIFAR-10", "gtsrb": "GTSRB", "awa2": "AwA2"}
 TABLE1_COLUMNS = ("dataset", "important", "class", "method", "recall_mean", "recall_std", "accuracy_mean",
                   "accuracy_std", "n_seeds", "hyperparameters", "qualified", "paper_recall", "paper_accuracy")
 DEFAULT_TOLERANCE = 0.005
 
-# The config fields that make a setting of each loss. The others are ignored for that loss: a CE run's
-# config still carries the default margin and scale, which must not split the CE baseline into "settings".
-HYPERPARAMETERS = {"ce": (), "wce": ("weight",), "crwwce": ("weight", "fp_weight"),
-                   "l2softmax": ("scale",), "arcface": ("margin", "scale"), "camri": ("margin", "scale")}
-# Losses whose runs are trained for one important class; the others serve every important class.
-CLASS_SPECIFIC_LOSSES = frozenset({"camri", "wce", "crwwce"})
 # Fields that must agree among the runs of a data set: mixing, say, 30- and 300-epoch runs in one
 # average would be silently wrong, so it is an error and the caller filters the runs first.
 EXPERIMENT_FIELDS = ("epochs", "batch_size", "lr", "width", "z_dim", "bn_momentum", "augment", "image_size")
@@ -122,7 +114,7 @@ def _run_row(config: Mapping, summary: Mapping | None, directory: Path) -> dict:
     if summary is not None:
         row.update({k: v for k, v in summary.items() if k != "config"})
     row["path"] = str(directory)
-    row["method"] = METHOD_NAMES.get(row.get("loss"), row.get("loss"))
+    row["method"] = LOSSES[row["loss"]].display if row.get("loss") in LOSSES else row.get("loss")
     row["important"] = tuple(int(c) for c in row.get("important") or ())
     # One margin or one per important class; a scalar is accepted too.
     row["margin"] = tuple(float(m) for m in np.atleast_1d(row.get("margin", ())))
@@ -250,9 +242,10 @@ def cell_settings(runs: pd.DataFrame, dataset: str, class_index: int, *,
     groups: dict[tuple, list[dict]] = {}
     for run in data.to_dict("records"):
         loss = run["loss"]
-        if loss not in HYPERPARAMETERS or (loss in CLASS_SPECIFIC_LOSSES and run["important"] != (class_index,)):
+        info = LOSSES.get(loss)
+        if info is None or (info.class_specific and run["important"] != (class_index,)):
             continue
-        key = (list(METHOD_NAMES).index(loss), loss) + tuple(run[h] for h in HYPERPARAMETERS[loss])
+        key = (info.rank, loss) + tuple(run[h] for h in info.axes)
         groups.setdefault(key, []).append(run)
     rows = []
     for key in sorted(groups):
@@ -261,7 +254,7 @@ def cell_settings(runs: pd.DataFrame, dataset: str, class_index: int, *,
         loss = key[1]
         recalls = members["recall"].map(lambda r: float(r[class_index]))
         rows.append({
-            "method": METHOD_NAMES[loss], "loss": loss,
+            "method": LOSSES[loss].display, "loss": loss,
             "hyperparameters": format_hyperparameters(loss, members.iloc[0]),
             "n_seeds": len(members), "seeds": tuple(int(s) for s in members["seed"]),
             "recalls": tuple(recalls), "accuracies": tuple(members["accuracy"].astype(float)),
@@ -655,7 +648,7 @@ def format_margin(radians: float, denominator: int = 64) -> str:
 def format_hyperparameters(loss: str, run: Mapping) -> str:
     """The hyperparameters of ``loss`` in ``run`` as text, e.g. "m=4π/64, s=16", "w=2, w_fp=1", "" for CE."""
     parts = []
-    for field in HYPERPARAMETERS[loss]:
+    for field in LOSSES[loss].axes:
         value = run[field]
         if field == "margin":
             margins = [format_margin(m) for m in value]

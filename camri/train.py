@@ -16,16 +16,13 @@ Reproducibility:
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import csv
-import io
+import datetime
 import math
 import random
 import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +31,10 @@ from tqdm.auto import tqdm
 
 import camri
 from camri import data as camri_data
-from camri.io import atomic_write, atomic_write_json, atomic_write_text, read_json
-from camri.losses import IMPORTANT_LOSSES, LOSS_NAMES, build_loss, paper_margin, parse_margin
+from camri import rundir
+from camri.config import TrainConfig, add_arguments, from_args
+from camri.io import atomic_write
+from camri.losses import build_loss
 from camri.metrics import (
     angle_statistics,
     angles_deg,
@@ -44,55 +43,6 @@ from camri.metrics import (
     relative_angle_variance,
 )
 from camri.models import Classifier, PaperCNN
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run. Saved to config.json; a run directory belongs to one config."""
-
-    dataset: str = "digits"
-    loss: str = "ce"
-    important: list = field(default_factory=list)  # class indices (or names, resolved before training)
-    margin: list = field(default_factory=lambda: [paper_margin(4)])  # radians; one, or one per important
-    scale: float = 16.0
-    weight: float = 2.0  # WCE weight / CRWWCE false-negative weight of the important classes
-    fp_weight: float = 1.0  # CRWWCE false-positive weight
-    epochs: int = 300
-    batch_size: int = 64
-    lr: float = 1e-3
-    width: float = 1.0
-    z_dim: int = 512
-    bn_momentum: float = 0.01  # PyTorch convention; 0.01 = Keras's 0.99, the authors' (see camri.models)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | mps
-    amp: str = "auto"  # auto | bf16 | off: bf16 autocast; auto = on for CUDA
-    channels_last: str = "auto"  # auto | on | off: auto = on for CUDA and CPU (faster on both), off for MPS
-    augment: bool = False  # random crop + flip (camri.data.augment_batch); the paper uses none
-    image_size: int | None = None  # data sets that are resized (gtsrb, awa2); None = their default
-    eval_batch_size: int = 1024
-    data_dir: str | None = None  # where the data is; not part of the run's identity
-
-    def identity(self) -> dict:
-        """The fields that must match for an existing run directory to be resumed or skipped."""
-        fields = dataclasses.asdict(self)
-        fields.pop("data_dir")
-        return fields
-
-    def validate(self) -> None:
-        if self.loss not in LOSS_NAMES:
-            raise ValueError(f"unknown loss {self.loss!r}: valid are {', '.join(LOSS_NAMES)}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "z_dim"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
-        if not 0 < self.bn_momentum <= 1:
-            raise ValueError(f"bn_momentum must be in (0, 1]; got {self.bn_momentum}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0; got {self.lr}")
-        choices = {"device": ("auto", "cpu", "cuda", "mps"), "amp": ("auto", "bf16", "off"),
-                   "channels_last": ("auto", "on", "off")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
 
 
 class ConfigMismatchError(ValueError):
@@ -168,19 +118,12 @@ class Run:
 
     def __init__(self, config: TrainConfig, out_dir: str | Path, *, quiet: bool = False,
                  dataset: camri_data.DataSet | None = None):
-        config.validate()
         self.out = Path(out_dir)
         self.quiet = quiet
         self.data = dataset if dataset is not None else camri_data.load(
             config.dataset, data_dir=config.data_dir, image_size=config.image_size)
-        self.config = dataclasses.replace(
-            config,
-            important=resolve_important(config.important, self.data.classes),
-            margin=[parse_margin(m) for m in (config.margin if isinstance(config.margin, (list, tuple))
-                                               else [config.margin])],
-        )
-        if self.config.loss in IMPORTANT_LOSSES and not self.config.important:
-            raise ValueError(f"loss {self.config.loss!r} needs at least one important class (--important)")
+        # The last check of the config needs the data set's class names; nothing is written before it.
+        self.config = config.replace(important=tuple(resolve_important(config.important, self.data.classes)))
         self.device = resolve_device(self.config.device)
         cuda = self.device.type == "cuda"
         self.amp = self.config.amp == "bf16" or (self.config.amp == "auto" and cuda)
@@ -194,14 +137,10 @@ class Run:
 
     # ---- files -------------------------------------------------------------------------------------
     def _check_existing_config(self) -> None:
-        path = self.out / "config.json"
-        if not path.exists():
+        record = rundir.read_config(self.out)
+        if record is None:
             return
-        record = read_json(path)
-        stored = record["config"]
-        stored.pop("data_dir", None)
-        mine = self.config.identity()
-        diff = {k: (stored.get(k), v) for k, v in mine.items() if stored.get(k) != v}
+        diff = rundir.config_conflicts(record, self.config.identity())
         if diff:
             lines = ", ".join(f"{k}: stored {a!r} vs now {b!r}" for k, (a, b) in diff.items())
             raise ConfigMismatchError(
@@ -216,25 +155,22 @@ class Run:
                 self._log(f"{self.out}: resuming with {key} = {bool(record[key])}, as the run started")
                 setattr(self, attribute, bool(record[key]))
 
-    def _write_config(self) -> None:
-        atomic_write_json(self.out / "config.json", {
-            "config": dataclasses.asdict(self.config),
+    def _write_config(self, first_epoch: int) -> None:
+        """config.json, with one entry in ``segments`` per start or resume of the run: what trained the
+        epochs from ``first_epoch`` on (the top-level version fields stay those of the first segment)."""
+        rundir.write_config(self.out, self.config.to_json(), classes=self.data.classes, segment={
+            "first_epoch": first_epoch,
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
             "camri_version": camri.__version__,
             "git_commit": _git_commit(),
             "torch_version": torch.__version__,
             "device": str(self.device),
             "amp_bf16": self.amp,
             "channels_last": self.channels_last,
-            "classes": self.data.classes,
         })
 
     def _write_metrics(self, rows: list[dict]) -> None:
-        buffer = io.StringIO()
-        if rows:
-            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-        atomic_write_text(self.out / "metrics.csv", buffer.getvalue())
+        rundir.write_metrics(self.out, rows)
 
     # ---- model -------------------------------------------------------------------------------------
     def _build(self) -> tuple[Classifier, torch.optim.Optimizer]:
@@ -244,8 +180,7 @@ class Run:
         random.seed(c.seed)
         backbone = PaperCNN(in_channels=self.data.image_shape[0], width=c.width, z_dim=c.z_dim,
                             bn_momentum=c.bn_momentum)
-        head = build_loss(c.loss, self.data.num_classes, c.z_dim, important=c.important,
-                          margin=c.margin if len(c.margin) > 1 else c.margin[0],
+        head = build_loss(c.loss, self.data.num_classes, c.z_dim, important=c.important, margin=c.margin,
                           scale=c.scale, weight=c.weight, fp_weight=c.fp_weight)
         model = Classifier(backbone, head).to(self.device)
         if self.channels_last:
@@ -354,11 +289,11 @@ class Run:
                   "logits": ev["logits"].float().cpu().numpy()}
         if self.config.z_dim == 2:
             arrays["features2d"] = ev["z"].float().cpu().numpy()
-        atomic_write(self.out / "angles.npz", lambda f: np.savez_compressed(f, **arrays))
+        rundir.write_angles(self.out, arrays)
         summary = {
             "dataset": self.config.dataset, "loss": self.config.loss, "seed": self.config.seed,
-            "classes": self.data.classes, "important": self.config.important,
-            "config": dataclasses.asdict(self.config),
+            "classes": self.data.classes, "important": list(self.config.important),
+            "config": self.config.to_json(),
             "accuracy": confusion.diagonal().sum().item() / confusion.sum().item(),
             "recall": recall_per_class(confusion).tolist(),
             "confusion": confusion.tolist(),
@@ -369,23 +304,23 @@ class Run:
             "epochs_completed": len(history),
             "seconds": round(seconds, 3),
         }
-        atomic_write_json(self.out / "summary.json", summary)  # last: its presence means "finished"
+        rundir.write_summary(self.out, summary)  # last: its presence means "finished"
         return summary
 
     def execute(self) -> dict:
         """Train (or resume, or skip a finished run) and return the summary."""
         c = self.config
         self._check_existing_config()
-        if (self.out / "summary.json").exists():
+        if rundir.is_finished(self.out):
             self._log(f"{self.out}: finished run with the same config found; skipping")
-            return read_json(self.out / "summary.json")
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._write_config()
-        model, optimizer = self._build()
+            return rundir.read_summary(self.out)
+        model, optimizer = self._build()  # builds the loss too: the last validation before any file
         history: list[dict] = []
         checkpoint_path = self.out / "checkpoint.pt"
-        if checkpoint_path.exists():
-            state = torch.load(checkpoint_path, map_location=self.device, weights_only=False)
+        state = torch.load(checkpoint_path, map_location=self.device, weights_only=False) \
+            if checkpoint_path.exists() else None
+        self._write_config(first_epoch=state["epoch"] + 1 if state else 1)
+        if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             _set_rng_state(state["rng"], self.device)
@@ -446,47 +381,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, quiet: bool = False,
 
 
 # ---- command line ------------------------------------------------------------------------------------
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    d = TrainConfig()
-    parser.add_argument("--dataset", default=d.dataset, help="data set name (see `camri data`)")
-    parser.add_argument("--loss", default=d.loss, choices=LOSS_NAMES)
-    parser.add_argument("--important", nargs="+", default=[], metavar="CLASS",
-                        help="important class(es): index or name (e.g. 3 or cat)")
-    parser.add_argument("--margin", nargs="+", default=["4pi/64"], metavar="M",
-                        help="margin in radians or the paper's notation (4pi/64); one per important class")
-    parser.add_argument("--scale", type=float, default=d.scale, help="s of the angular losses")
-    parser.add_argument("--weight", type=float, default=d.weight, help="WCE / CRWWCE false-negative weight")
-    parser.add_argument("--fp-weight", type=float, default=d.fp_weight, help="CRWWCE false-positive weight")
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--width", type=float, default=d.width, help="channel multiplier (1.0 = paper)")
-    parser.add_argument("--z-dim", type=int, default=d.z_dim, help="feature dimension (512 = paper)")
-    parser.add_argument("--bn-momentum", type=float, default=d.bn_momentum,
-                        help="BatchNorm momentum, PyTorch convention (0.01 = Keras 0.99, the paper's)")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--amp", default=d.amp, choices=("auto", "bf16", "off"),
-                        help="bf16 autocast (auto: on for CUDA)")
-    parser.add_argument("--channels-last", default=d.channels_last, choices=("auto", "on", "off"))
-    parser.add_argument("--augment", action="store_true", help="random crop + flip (the paper uses none)")
-    parser.add_argument("--image-size", type=int, default=None)
-    parser.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    parser.add_argument("--data-dir", default=None, help="data directory (default $CAMRI_DATA_DIR or data/)")
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        dataset=args.dataset, loss=args.loss, important=list(args.important),
-        margin=[parse_margin(m) for m in args.margin], scale=args.scale, weight=args.weight,
-        fp_weight=args.fp_weight, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        width=args.width, z_dim=args.z_dim, bn_momentum=args.bn_momentum, seed=args.seed, device=args.device, amp=args.amp,
-        channels_last=args.channels_last, augment=args.augment, image_size=args.image_size,
-        eval_batch_size=args.eval_batch_size, data_dir=args.data_dir)
-
-
 def _train_command(args: argparse.Namespace) -> int:
-    summary = train(config_from_args(args), args.out, quiet=args.quiet)
+    summary = train(from_args(args), args.out, quiet=args.quiet)
     classes = summary["classes"]
     print(f"{args.out}: test accuracy {summary['accuracy']:.4f}")
     for c in summary["important"]:
@@ -498,7 +394,7 @@ def _train_command(args: argparse.Namespace) -> int:
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train one model with one loss on one data set",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_train_arguments(parser)
+    add_arguments(parser)  # one option per TrainConfig field
     parser.add_argument("--out", required=True, help="run directory (resumed or skipped if it exists)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     parser.set_defaults(func=_train_command)

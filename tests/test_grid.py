@@ -1,4 +1,5 @@
-"""camri.grid: profiles, grid expansion, the local and submitit executors, status (CPU, digits, tiny runs)."""
+"""camri.grid and the modules below it: profiles, grid expansion, the local and submitit executors, status
+(CPU, digits, tiny runs)."""
 
 import json
 import math
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from camri import grid
+from camri import grid, profile as profiles, rundir, status, sweep
 from camri.cli import main
+from camri.executors import local, slurm
 from camri.losses import paper_margin
 
 TINY_TRAIN = {"epochs": 1, "width": 0.125, "z_dim": 16, "bn_momentum": 0.1, "device": "cpu"}
@@ -24,21 +26,21 @@ def one_thread(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
-def profile(**overrides) -> grid.Profile:
+def profile(**overrides) -> profiles.Profile:
     raw = {"name": "tiny", "datasets": ["digits"], "seeds": [0], "train": dict(TINY_TRAIN),
            "important": {"classes": {"digits": [3]}},
            "methods": {"ce": {}, "arcface": {"margin": [0.2], "scale": [8]},
                        "camri": {"margin": ["4pi/64"], "scale": [8]}}}
     raw.update(overrides)
-    return grid.parse_profile(raw, "test")
+    return profiles.parse_profile(raw, "test")
 
 
-def write_summary(spec: grid.RunSpec, recall: list[float], accuracy: float) -> None:
+def write_summary(spec: sweep.RunSpec, recall: list[float], accuracy: float) -> None:
     """A finished run without training: what protocol.load_runs reads."""
     spec.out_dir.mkdir(parents=True, exist_ok=True)
     summary = {"dataset": spec.config.dataset, "loss": spec.config.loss, "seed": spec.config.seed,
                "classes": [str(i) for i in range(len(recall))], "important": spec.config.important,
-               "config": {**spec.config.__dict__}, "accuracy": accuracy, "recall": recall}
+               "config": spec.config.to_json(), "accuracy": accuracy, "recall": recall}
     (spec.out_dir / "summary.json").write_text(json.dumps(summary))
 
 
@@ -50,7 +52,7 @@ def test_expansion_counts_and_deduplication(tmp_path):
                 methods={"ce": {}, "arcface": {"margin": ["4pi/64", "5pi/64"], "scale": [8, 16]},
                          "camri": {"margin": ["4pi/64", "5pi/64"], "scale": 16},
                          "wce": {"weight": [2, 4]}, "crwwce": {"weight": [2], "fp_weight": [1, 2]}})
-    important = grid.choose_important(p, tmp_path)  # fixed indices: no data set is loaded
+    important = sweep.choose_important(p, tmp_path)  # fixed indices: no data set is loaded
     assert important == {"digits": [3, 5], "mnist": [1]}
     # Fixed classes take the roles in order, as protocol.select_all reports them.
     recorded = json.loads((tmp_path / "tiny" / "important.json").read_text())
@@ -58,9 +60,9 @@ def test_expansion_counts_and_deduplication(tmp_path):
         ("worst1", 3, True), ("worst2", 5, True)]
     with pytest.raises(ValueError, match="names 2 classes but important.roles has 1"):
         profile(important={"roles": ["worst1"], "classes": {"digits": [3, 5]}})
-    baseline = grid.expand(p, "baseline", results_dir=tmp_path)
-    methods = grid.expand(p, "methods", important, results_dir=tmp_path)
-    everything = grid.expand(p, "all", important, results_dir=tmp_path)
+    baseline = sweep.expand(p, "baseline", results_dir=tmp_path)
+    methods = sweep.expand(p, "methods", important, results_dir=tmp_path)
+    everything = sweep.expand(p, "all", important, results_dir=tmp_path)
     # Hand count. baseline: 2 data sets × 3 seeds. ArcFace: 4 settings × 3 seeds × 2 data sets, shared by
     # the 3 important classes. Per class (2 + 1 = 3 classes) × 3 seeds: CAMRI 2, WCE 2, CRWWCE 2 settings.
     assert len(baseline) == 6
@@ -70,9 +72,9 @@ def test_expansion_counts_and_deduplication(tmp_path):
     assert [s.key for s in everything] == [s.key for s in baseline + methods]
     assert len({s.key for s in everything}) == len(everything)
     assert {s.stage for s in baseline} == {"baseline"} and {s.stage for s in methods} == {"methods"}
-    assert all(s.config.important == [] for s in methods if s.config.loss == "arcface")
+    assert all(s.config.important == () for s in methods if s.config.loss == "arcface")
     # A class chosen twice (e.g. worst2 == median) gives its runs once.
-    assert len(grid.expand(p, "methods", {"digits": [3, 3, 5], "mnist": [1]}, results_dir=tmp_path)) == 78
+    assert len(sweep.expand(p, "methods", {"digits": [3, 3, 5], "mnist": [1]}, results_dir=tmp_path)) == 78
 
 
 def test_slugs_are_stable(tmp_path):
@@ -80,23 +82,24 @@ def test_slugs_are_stable(tmp_path):
                                        "l2softmax": {"scale": [16]},
                                        "camri": {"margin": ["4pi/64", 0.2], "scale": [16]},
                                        "wce": {"weight": [2]}, "crwwce": {"weight": [2.5], "fp_weight": [1]}})
-    keys = [s.key for s in grid.expand(p, "all", {"digits": [3]}, results_dir=tmp_path) if s.config.seed == 0]
-    assert keys == ["digits/ce/default/seed0", "digits/arcface/m5pi64_s8/seed0", "digits/l2softmax/s16/seed0",
-                    "digits/camri/c3_m4pi64_s16/seed0", "digits/camri/c3_m0.2rad_s16/seed0",
-                    "digits/wce/c3_w2/seed0", "digits/crwwce/c3_w2.5_fp1/seed0"]
-    spec = {s.key: s for s in grid.expand(p, "methods", {"digits": [3]}, results_dir=tmp_path)}[keys[3]]
+    keys = [s.key for s in sweep.expand(p, "all", {"digits": [3]}, results_dir=tmp_path) if s.config.seed == 0]
+    # The loss registry's order (camri.losses.LOSSES).
+    assert keys == ["digits/ce/default/seed0", "digits/wce/c3_w2/seed0", "digits/crwwce/c3_w2.5_fp1/seed0",
+                    "digits/l2softmax/s16/seed0", "digits/arcface/m5pi64_s8/seed0",
+                    "digits/camri/c3_m4pi64_s16/seed0", "digits/camri/c3_m0.2rad_s16/seed0"]
+    spec = {s.key: s for s in sweep.expand(p, "methods", {"digits": [3]}, results_dir=tmp_path)}[keys[5]]
     assert spec.out_dir == tmp_path / "tiny" / "runs" / "digits" / "camri" / "c3_m4pi64_s16" / "seed0"
-    assert spec.config.margin == [paper_margin(4)] and spec.config.important == [3] and spec.config.scale == 16
+    assert spec.config.margin == (paper_margin(4),) and spec.config.important == (3,) and spec.config.scale == 16
     assert spec.config.epochs == 1 and spec.config.width == 0.125  # the profile's train section
-    assert grid.margin_slug(4.5 * math.pi / 64) == "4.5pi64"
-    assert grid.dataset_slug("imagefolder:/data/cifar10-jpeg.zip") == "cifar10-jpeg"
+    assert sweep.margin_slug(4.5 * math.pi / 64) == "4.5pi64"
+    assert profiles.dataset_slug("imagefolder:/data/cifar10-jpeg.zip") == "cifar10-jpeg"
 
 
 def test_shipped_profiles_load_and_paper_count():
-    assert {"demo", "cpu", "paper"} <= set(grid.shipped_profiles())
+    assert {"demo", "cpu", "paper"} <= set(profiles.shipped_profiles())
     for name in ("demo", "cpu", "paper"):
-        assert grid.load_profile(name).name == name
-    paper = grid.load_profile("paper")
+        assert profiles.load_profile(name).name == name
+    paper = profiles.load_profile("paper")
     assert paper.seeds == list(range(10)) and paper.train["epochs"] == 300 and paper.train["width"] == 1.0
     arcface = paper.methods["arcface"]
     assert paper_margin(4) in arcface["margin"] and paper_margin(5) in arcface["margin"]
@@ -109,31 +112,33 @@ def test_profile_file_and_saved_copy(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump({"name": "mine", "datasets": ["digits"], "seeds": 2,
                                     "methods": {"camri": {"margin": "4pi/64"}}}))
-    p = grid.load_profile(str(path))
+    p = profiles.load_profile(str(path))
     assert p.seeds == [0, 1] and p.methods["camri"] == {"margin": [paper_margin(4)], "scale": [16.0]}
-    saved = grid.save_profile(p, tmp_path / "results")
+    saved = profiles.save_profile(p, tmp_path / "results")
     assert saved == tmp_path / "results" / "mine" / "profile.json"
     assert json.loads(saved.read_text())["methods"]["camri"]["margin"] == [paper_margin(4)]
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"colour": 1}, r"colour: unknown key; allowed are name, datasets"),
+    ({"colour": 1}, r"profile test: colour: unknown key; allowed are name, datasets"),
     ({"datasets": ["cifar11"]}, r"datasets: unknown data set 'cifar11'; allowed are digits, mnist"),
     ({"methods": {"focal": {}}}, r"methods.focal: unknown key; allowed are ce, wce, crwwce, l2softmax"),
     ({"methods": {"camri": {"m": [1]}}}, r"methods.camri.m: unknown key; allowed are margin, scale"),
-    ({"methods": {"camri": {"margin": ["4pie/64"]}}}, r"methods.camri.margin: margins are radians"),
-    ({"methods": {"camri": {"margin": [4]}}}, r"methods.camri.margin: a margin must be in \[0, pi\)"),
-    ({"methods": {"wce": {"weight": [0]}}}, r"methods.wce.weight: must be a number > 0"),
+    ({"methods": {"camri": {"margin": ["4pie/64"]}}}, r"methods.camri.margin: margin '4pie/64' is not a number"),
+    ({"methods": {"camri": {"margin": [4]}}}, r"methods.camri.margin: Input should be less than 3.14"),
+    ({"methods": {"camri": {"margin": [None]}}}, r"methods.camri.margin: margin must be a number"),
+    ({"methods": {"wce": {"weight": [0]}}}, r"methods.wce.weight: Input should be greater than 0"),
     ({"methods": {"arcface": {"scale": []}}}, r"methods.arcface.scale: must not be an empty list"),
     ({"train": {"seed": 3}}, r"train.seed: unknown key; allowed are .*epochs"),
-    ({"train": {"epochs": 0}}, r"train.epochs: must be an integer >= 1"),
-    ({"train": {"device": "tpu"}}, r"device must be one of auto, cpu, cuda, mps"),
-    ({"seeds": [0, 0]}, r"seeds: lists a seed twice"),
-    ({"important": {"roles": ["worst3"]}}, r"important.roles: must be one of worst1, worst2, median"),
+    ({"train": {"epochs": 0}}, r"train: epochs: Input should be greater than or equal to 1"),
+    ({"train": {"device": "tpu"}}, r"train: device: Input should be 'auto', 'cpu', 'cuda' or 'mps'"),
+    ({"seeds": [0, 0]}, r"seeds: must list each seed once"),
+    ({"important": {"roles": ["worst3"]}}, r"important.roles: Input should be 'worst1', 'worst2' or 'median'"),
     ({"important": {"classes": {"mnist": [1]}}}, r"important.classes.mnist: is not one of the profile's datasets"),
-    ({"executor": {"kind": "ray"}}, r"executor.kind: must be one of local, submitit"),
-    ({"executor": {"submitit": {"cluster": "pbs"}}}, r"executor.submitit.cluster: must be one of null, slurm"),
+    ({"executor": {"kind": "ray"}}, r"executor.kind: Input should be 'local' or 'submitit'"),
+    ({"executor": {"submitit": {"cluster": "pbs"}}}, r"executor.submitit.cluster: Input should be 'slurm'"),
     ({"executor": {"submitit": {"gpus": 1}}}, r"executor.submitit.gpus: unknown key; allowed are cluster"),
+    ({"fig3": {"margin": 4}}, r"fig3.margin: Input should be less than 3.14"),
     ({"name": "a b"}, r"name: must be letters, digits"),
 ])
 def test_profile_errors_name_the_key_and_the_allowed_values(change, message):
@@ -143,62 +148,75 @@ def test_profile_errors_name_the_key_and_the_allowed_values(change, message):
 
 def test_unknown_profile_names_the_shipped_ones(tmp_path):
     with pytest.raises(ValueError, match=r"unknown profile 'nope': shipped are cpu, demo, paper"):
-        grid.load_profile("nope")
+        profiles.load_profile("nope")
     with pytest.raises(ValueError, match="does not exist"):
-        grid.load_profile(str(tmp_path / "missing.yaml"))
+        profiles.load_profile(str(tmp_path / "missing.yaml"))
     with pytest.raises(ValueError, match=r"name: is required"):
-        grid.parse_profile({"datasets": ["digits"]})
+        profiles.parse_profile({"datasets": ["digits"]})
 
 
 def test_important_classes_from_the_baseline(tmp_path):
     p = profile(seeds=[0, 1], important={"roles": ["worst1", "worst2", "median"]})
-    with pytest.raises(grid.BaselineNotFinished, match="run the baseline stage first"):
-        grid.choose_important(p, tmp_path)
-    rows = grid.status(p, tmp_path)  # the methods stage is not listed before the baseline has finished
+    with pytest.raises(sweep.BaselineNotFinished, match="run the baseline stage first"):
+        sweep.choose_important(p, tmp_path)
+    rows = status.status(p, tmp_path)  # the methods stage is not listed before the baseline has finished
     assert [r.state for r in rows] == ["pending", "pending"] and {r.stage for r in rows} == {"baseline"}
     # Class 7 is worst, then 2; sorted position (10 - 1) // 2 = 4 is the median: class 4 (0.92).
     recall = [0.95, 0.9, 0.5, 0.93, 0.92, 0.97, 0.91, 0.3, 0.96, 0.94]
-    for spec in grid.expand(p, "baseline", results_dir=tmp_path):
+    for spec in sweep.expand(p, "baseline", results_dir=tmp_path):
         write_summary(spec, recall, 0.9)
-    assert grid.choose_important(p, tmp_path) == {"digits": [7, 2, 4]}
+    assert sweep.choose_important(p, tmp_path) == {"digits": [7, 2, 4]}
     chosen = json.loads((tmp_path / "tiny" / "important.json").read_text())
     assert [(r["role"], r["class_index"]) for r in chosen["digits"]] == [("worst1", 7), ("worst2", 2), ("median", 4)]
-    rows = grid.status(p, tmp_path)
+    rows = status.status(p, tmp_path)
     assert sum(r.stage == "methods" for r in rows) == 2 * (1 + 3)  # ArcFace once, CAMRI per class; 2 seeds
     assert {r.state for r in rows if r.stage == "baseline"} == {"done"}
 
 
 def test_worker_slots_pin_workers_to_gpus(monkeypatch):
-    cores = os.cpu_count() or 1
-    assert grid.worker_slots(None, 1, "cpu") == [None] * min(cores, grid.CPU_WORKERS_MAX)
-    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    cpus = local.available_cpus()
+    assert local.worker_slots(None, 1, "cpu") == [None] * min(cpus, local.CPU_WORKERS_MAX)
+    monkeypatch.setattr(local, "available_cpus", lambda: 64)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert grid.worker_slots(None, 1, "cpu") == [None] * grid.CPU_WORKERS_MAX
-    assert grid._threads_per_worker(grid.CPU_WORKERS_MAX) == 8
+    assert local.worker_slots(None, 1, "cpu") == [None] * local.CPU_WORKERS_MAX
+    assert local.threads_per_worker(local.CPU_WORKERS_MAX) == 8
     monkeypatch.undo()
-    assert grid.worker_slots(2, 1, "cpu") == [None, None]
-    monkeypatch.setattr(grid, "_visible_gpus", lambda device: ["0", "1"])
-    assert grid.worker_slots(None, 2, "auto") == ["0", "1", "0", "1"]
+    assert local.worker_slots(2, 1, "cpu") == [None, None]
+    monkeypatch.setattr(local, "visible_gpus", lambda device: ["0", "1"])
+    assert local.worker_slots(None, 2, "auto") == ["0", "1", "0", "1"]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert grid._threads_per_worker(4) == 3
+    assert local.threads_per_worker(4) == 3
+
+
+def test_available_cpus_follow_affinity_and_cgroup_quota(monkeypatch):
+    # A job limited to 3 of 64 cores (taskset, SLURM) or to a quota of 2.5 CPUs (docker --cpus) must not
+    # size its pool from os.cpu_count().
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(local, "_cgroup_cpu_limit", lambda: None)
+    assert local.available_cpus() == 3
+    monkeypatch.setattr(local, "_cgroup_cpu_limit", lambda: 2.5)
+    assert local.available_cpus() == 2
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert local.worker_slots(None, 1, "cpu") == [None, None] and local.threads_per_worker(1) == 2
 
 
 def test_checkpoint_requeues_the_same_run(tmp_path):
-    spec = grid.expand(profile(), "baseline", results_dir=tmp_path)[0]
-    delayed = grid.GridTask(spec).checkpoint()
-    assert isinstance(delayed.function, grid.GridTask) and delayed.function.spec == spec
-    assert grid.RunSpec.from_json(spec.to_json()) == spec
+    spec = sweep.expand(profile(), "baseline", results_dir=tmp_path)[0]
+    delayed = slurm.GridTask(spec).checkpoint()
+    assert isinstance(delayed.function, slurm.GridTask) and delayed.function.spec == spec
+    assert sweep.RunSpec.from_json(spec.to_json()) == spec
 
 
 def test_changed_profile_stops_before_any_run(tmp_path):
     p = profile()
-    spec = grid.expand(p, "baseline", results_dir=tmp_path)[0]
+    spec = sweep.expand(p, "baseline", results_dir=tmp_path)[0]
     spec.out_dir.mkdir(parents=True)
-    other = dict(spec.config.__dict__, epochs=5)
+    other = dict(spec.config.to_json(), epochs=5)
     (spec.out_dir / "config.json").write_text(json.dumps({"config": other}))
     with pytest.raises(ValueError, match=r"another configuration, e.g. digits/ce/default/seed0 \(epochs\)"):
         grid.run(p, results_dir=tmp_path, progress=False)
-    assert not (spec.out_dir / grid.LOG_NAME).exists()
+    assert not (spec.out_dir / rundir.LOG).exists()
 
 
 def test_missing_data_stops_before_training(tmp_path, capsys):
@@ -215,9 +233,9 @@ def test_local_executor_two_workers_and_status(tmp_path, capsys, monkeypatch):
     # Class 10 does not exist in digits: that CAMRI run fails at its start, and only that run.
     p = profile(important={"classes": {"digits": [3, 10]}}, executor={"workers": 2})
     # Pretend there are two GPUs: each worker is pinned to one (the runs themselves stay on the CPU).
-    monkeypatch.setattr(grid, "_visible_gpus", lambda device: ["5", "6"])
+    monkeypatch.setattr(local, "visible_gpus", lambda device: ["5", "6"])
     bad = "digits/camri/c10_m4pi64_s8/seed0"
-    assert [r.state for r in grid.status(p, tmp_path)] == ["pending"] * 4
+    assert [r.state for r in status.status(p, tmp_path)] == ["pending"] * 4
 
     report = grid.run(p, results_dir=tmp_path, progress=False)  # classes fixed: both stages in one pool
     assert sorted(report.done) == ["digits/arcface/m0.2rad_s8/seed0", "digits/camri/c3_m4pi64_s8/seed0",
@@ -231,7 +249,7 @@ def test_local_executor_two_workers_and_status(tmp_path, capsys, monkeypatch):
     assert pinned <= {"5", "6"} and len(pinned) == 2
     assert (tmp_path / "tiny" / "profile.json").is_file()
 
-    rows = {r.key: r for r in grid.status(p, tmp_path)}
+    rows = {r.key: r for r in status.status(p, tmp_path)}
     assert {k: r.state for k, r in rows.items()} == {
         "digits/ce/default/seed0": "done", "digits/arcface/m0.2rad_s8/seed0": "done",
         "digits/camri/c3_m4pi64_s8/seed0": "done", bad: "failed"}
@@ -248,7 +266,7 @@ def test_local_executor_two_workers_and_status(tmp_path, capsys, monkeypatch):
     assert f"{bad}  failed" in out and str(rows[bad].log) in out and "3 done, 0 running, 1 failed, 0 pending" in out
 
 
-def _dump(p: grid.Profile, where: Path) -> Path:
+def _dump(p: profiles.Profile, where: Path) -> Path:
     """The profile as a YAML file (margins in radians are valid YAML values)."""
     raw = {"name": p.name, "datasets": p.datasets, "seeds": p.seeds, "train": p.train,
            "important": {"classes": p.important.classes}, "methods": p.methods}
@@ -276,36 +294,36 @@ def test_submitit_local_cluster_kill_and_resume(tmp_path):
     # The important class is fixed, so both stages are submitted at once; run returns without waiting.
     report = grid.run(p, results_dir=tmp_path, wait=False, progress=False)
     assert sorted(report.running) == [camri_key, ce_key] and not report.waiting
-    first_jobs = grid.read_jobs(tmp_path / "tiny")
+    first_jobs = slurm.read_jobs(tmp_path / "tiny")
     assert set(first_jobs) == {ce_key, camri_key} and first_jobs[ce_key]["cluster"] == "local"
 
     # Kill the CAMRI job's training process once it has checkpointed an epoch (its pid is in the run lock).
     camri_dir = runs / camri_key
-    _wait_for(lambda: grid._epochs_done(camri_dir) >= 1, what="the first epoch of the CAMRI run")
-    assert {r.key: r.state for r in grid.status(p, tmp_path)}[camri_key] == "running"
-    pid = int((camri_dir / grid.LOCK_NAME).read_text().split()[1])
+    _wait_for(lambda: rundir.epochs_done(camri_dir) >= 1, what="the first epoch of the CAMRI run")
+    assert {r.key: r.state for r in status.status(p, tmp_path)}[camri_key] == "running"
+    pid = int((camri_dir / rundir.LOCK).read_text().split()[1])
     os.kill(pid, signal.SIGKILL)
     _wait_for(lambda: (runs / ce_key / "summary.json").is_file(), what="the CE run")
-    _wait_for(lambda: grid.run_state(grid.expand(p, "methods", {"digits": [3]}, results_dir=tmp_path)[0],
-                                     grid.read_jobs(tmp_path / "tiny")[camri_key]).state == "failed",
+    _wait_for(lambda: status.run_state(sweep.expand(p, "methods", {"digits": [3]}, results_dir=tmp_path)[0],
+                                     slurm.read_jobs(tmp_path / "tiny")[camri_key]).state == "failed",
               what="the killed job to end")
-    killed_after = grid._epochs_done(camri_dir)
+    killed_after = rundir.epochs_done(camri_dir)
     assert 1 <= killed_after < 8 and not (camri_dir / "summary.json").exists()
-    rows = {r.key: r for r in grid.status(p, tmp_path)}
+    rows = {r.key: r for r in status.status(p, tmp_path)}
     assert rows[ce_key].state == "done" and rows[camri_key].state == "failed"
     assert rows[camri_key].log == camri_dir / "log.txt" and "killed?" in rows[camri_key].detail
 
     # Running again resubmits only the unfinished run, which resumes from its checkpoint.
     report = grid.run(p, results_dir=tmp_path, progress=False)
     assert report.complete and sorted(report.done) == [camri_key, ce_key]
-    jobs = grid.read_jobs(tmp_path / "tiny")
+    jobs = slurm.read_jobs(tmp_path / "tiny")
     assert jobs[ce_key] == first_jobs[ce_key] and jobs[camri_key]["job_id"] != first_jobs[camri_key]["job_id"]
     log = (camri_dir / "log.txt").read_text()
     resumed = re.search(r"resuming after epoch (\d+) of 8", log)
     assert resumed and killed_after <= int(resumed.group(1)) < 8  # metrics.csv may lag the checkpoint by one
-    assert grid._epochs_done(camri_dir) == 8
+    assert rundir.epochs_done(camri_dir) == 8
     assert json.loads((camri_dir / "summary.json").read_text())["epochs_completed"] == 8
-    assert {r.state for r in grid.status(p, tmp_path)} == {"done"}
+    assert {r.state for r in status.status(p, tmp_path)} == {"done"}
 
 
 def test_slurm_submission_and_states_with_stand_in_commands(tmp_path, monkeypatch):
@@ -330,17 +348,17 @@ def test_slurm_submission_and_states_with_stand_in_commands(tmp_path, monkeypatc
     for line in ("--partition=gpu", "--array=0-2%2", "--gpus-per-node=1", "--cpus-per-task=8", "--mem=16GB",
                  "--time=600", "--signal=USR2@90", "--job-name=camri-tiny", "module load cuda"):
         assert line in sbatch
-    jobs = grid.read_jobs(tmp_path / "tiny")
+    jobs = slurm.read_jobs(tmp_path / "tiny")
     assert [jobs[k]["job_id"] for k in keys] == ["4242_0", "4242_1", "4242_2"]
-    rows = {r.key: r for r in grid.status(p, tmp_path)}
+    rows = {r.key: r for r in status.status(p, tmp_path)}
     assert [rows[k].state for k in keys] == ["running", "failed", "running"]
     assert "4242_1 ended (FAILED)" in rows[keys[1]].detail and "PENDING" in rows[keys[2]].detail
     # Re-running submits only the failed run; the queued and running ones are left alone.
     report = grid.run(p, results_dir=tmp_path, wait=False, progress=False)
-    assert sorted(report.running) == keys and grid.read_jobs(tmp_path / "tiny")[keys[1]]["job_id"] == "4242"
+    assert sorted(report.running) == keys and slurm.read_jobs(tmp_path / "tiny")[keys[1]]["job_id"] == "4242"
     assert "--array" not in (bin_dir / "last.sbatch").read_text()  # one task: a plain job
     # sacct does not list the new job yet: just submitted, it counts as in flight (not resubmitted again).
-    row = {r.key: r for r in grid.status(p, tmp_path)}[keys[1]]
+    row = {r.key: r for r in status.status(p, tmp_path)}[keys[1]]
     assert row.state == "running" and "SUBMITTED" in row.detail
 
 
@@ -349,4 +367,4 @@ def test_submitit_local_cluster_refuses_a_flood(tmp_path):
                 executor={"kind": "submitit", "submitit": {"cluster": "local", "array_parallelism": 1}})
     with pytest.raises(ValueError, match="would start all 2 runs at once.*--executor local"):
         grid.run(p, results_dir=tmp_path, wait=False, progress=False)
-    assert grid.read_jobs(tmp_path / "tiny") == {}
+    assert slurm.read_jobs(tmp_path / "tiny") == {}

@@ -68,15 +68,15 @@ def test_each_loss_trains_and_writes_every_file(loss, digits, tmp_path):
 
 
 def test_important_class_by_name_and_margin_notation(digits, tmp_path):
-    from camri.train import config_from_args
     from camri.cli import build_parser
+    from camri.config import from_args
 
     args = build_parser().parse_args(["train", "--dataset", "digits", "--loss", "camri", "--important", "3",
                                       "--margin", "4pi/64", "--out", str(tmp_path)])
-    config = config_from_args(args)
+    config = from_args(args)
     run = Run(config, tmp_path, quiet=True, dataset=digits)
-    assert run.config.important == [3]
-    assert run.config.margin == [pytest.approx(math.pi / 16)]
+    assert run.config.important == (3,)
+    assert run.config.margin == (pytest.approx(math.pi / 16),)
     with pytest.raises(ValueError, match="not a class of this data set"):
         Run(tiny(important=["cat"]), tmp_path, dataset=digits)
     with pytest.raises(ValueError, match="out of range"):
@@ -185,13 +185,16 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(digits, tmp_path, monke
 
 
 def test_bad_config_values(digits, tmp_path):
-    for field, value, message in [("loss", "focal", "unknown loss"), ("epochs", 0, "epochs must be >= 1"),
-                                  ("lr", 0.0, "lr must be > 0"), ("device", "tpu", "device must be one of"),
+    for field, value, message in [("loss", "focal", "loss: Input should be 'ce', 'wce'"),
+                                  ("epochs", 0, "epochs: Input should be greater than or equal to 1"),
+                                  ("lr", 0.0, "lr: Input should be greater than 0"),
+                                  ("device", "tpu", "device: Input should be 'auto', 'cpu'"),
                                   ("bn_momentum", 0.0, "bn_momentum")]:
         with pytest.raises(ValueError, match=message):
-            Run(tiny(**{field: value}), tmp_path, dataset=digits)
+            tiny(**{field: value})
     with pytest.raises(ValueError, match="needs at least one important class"):
-        Run(tiny(loss="wce", important=[]), tmp_path, dataset=digits)
+        tiny(loss="wce", important=[])
+    assert not any(tmp_path.iterdir())
 
 
 def test_bf16_on_a_cpu_without_bf16_kernels_warns(digits, tmp_path, monkeypatch):
@@ -233,3 +236,30 @@ def test_channels_last_by_default_and_a_run_resumes_in_the_format_it_started_wit
     resumed.execute()
     assert not resumed.channels_last
     assert _rows(tmp_path / "old") == _rows(tmp_path / "nchw")  # bit for bit the NCHW run
+
+
+def test_bad_margin_writes_nothing_and_the_corrected_command_runs(tmp_path, capsys):
+    from camri.cli import main
+
+    out = tmp_path / "d"
+    common = ["train", "--loss", "camri", "--important", "3", "--epochs", "1", "--width", "0.125", "--z-dim", "8",
+              "--device", "cpu", "--quiet", "--out", str(out)]
+    assert main([*common, "--margin", "4"]) == 2
+    assert "margin: Input should be less than 3.14159" in capsys.readouterr().err
+    assert not out.exists()  # nothing written before every setting is valid
+    assert main([*common, "--margin", "4pi/64"]) == 0  # ... so the corrected command is not a conflict
+
+
+def test_resume_keeps_a_history_of_segments(digits, tmp_path):
+    train(tiny(epochs=1), tmp_path / "first", quiet=True, dataset=digits)
+    run = tmp_path / "run"
+    train(tiny(), run, quiet=True, dataset=digits)
+    (run / "summary.json").unlink()  # as if killed after the last checkpoint
+    record = json.loads((run / "config.json").read_text())
+    record["git_commit"] = record["segments"][0]["git_commit"] = "earlier"
+    (run / "config.json").write_text(json.dumps(record))
+    train(tiny(), run, quiet=True, dataset=digits)
+    record = json.loads((run / "config.json").read_text())
+    assert [s["first_epoch"] for s in record["segments"]] == [1, 3]
+    assert record["git_commit"] == record["segments"][0]["git_commit"] == "earlier"  # what trained epochs 1-2
+    assert record["segments"][1]["torch_version"] == torch.__version__

@@ -1,0 +1,127 @@
+"""Tables of runs for the notebooks: Markdown tables, per-setting tables, relative angle variances, the
+panels of Fig. 3 and pooled angles. Every number comes from ``camri.protocol`` or the run folders
+(``camri.rundir``); this module only arranges them."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from camri import rundir
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, (tuple, list)):
+        return ", ".join(_cell(v) for v in value)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(frame, *, index: bool = False) -> str:
+    """A DataFrame as a GitHub Markdown table (numbers to 4 significant digits, NaN as –)."""
+    frame = frame.reset_index() if index else frame
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    rows = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def pooled_angles(paths: Sequence[str | os.PathLike]):
+    """θ (degrees) and labels of the test samples of several runs (e.g. one setting's seeds), pooled."""
+    import numpy as np
+
+    arrays = [rundir.read_angles(p) for p in paths]
+    return (np.concatenate([a["theta_deg"] for a in arrays]), np.concatenate([a["labels"] for a in arrays]))
+
+
+def settings_table(runs, dataset: str, important, *, methods: Sequence[str], tolerance: float):
+    """One row per setting of ``methods`` (display names) of ``dataset``: method, hyperparameters, n_seeds,
+    accuracy mean / std, qualified (maintains accuracy), then the mean recall of each important class
+    (``important``: rows with role, class_index, class_name) as ``recall <role>: <class>``. For methods
+    trained per important class (CAMRI, WCE, CRWWCE) a setting has a value only in its own class's column."""
+    import pandas as pd
+
+    from camri import protocol
+
+    keys = ["method", "hyperparameters"]
+    table = None
+    for role, index, name in important[["role", "class_index", "class_name"]].itertuples(index=False):
+        cell = protocol.cell_settings(runs, dataset, int(index), tolerance=tolerance)
+        cell = cell[cell["method"].isin(methods)]
+        column = f"recall {role}: {name}"
+        part = cell[keys + ["n_seeds", "accuracy_mean", "accuracy_std", "qualified"]].assign(
+            **{column: cell["recall_mean"], f"{column} (std)": cell["recall_std"]})
+        if table is None:
+            table = part
+        else:
+            table = table.merge(part, on=keys + ["n_seeds", "accuracy_mean", "accuracy_std", "qualified"],
+                                how="outer")
+    if table is None:
+        return pd.DataFrame(columns=keys)
+    order = {m: i for i, m in enumerate(methods)}
+    return table.sort_values(["method", "hyperparameters"], key=lambda c: c.map(order) if c.name == "method"
+                             else c, kind="stable").reset_index(drop=True)
+
+
+def relative_variance_table(runs, selections, methods: Sequence[str] = ("CE", "ArcFace", "CAMRI")):
+    """Per data set × important class × method (its "maintaining" choice of ``protocol.select_all``): the
+    relative angle variance of the important class (its θ variance / the mean of the other classes'; from
+    each run's summary.json), mean and sample std over seeds. Columns: cell, dataset, role, class_index,
+    class_name, method, hyperparameters, n_seeds, relative_variance, relative_variance_std."""
+    import numpy as np
+    import pandas as pd
+
+    from camri import protocol
+
+    by_path = runs.set_index("path")
+    rows = []
+    chosen = selections[(selections["selection"] == "maintaining") & selections["method"].isin(methods)]
+    for row in chosen.itertuples(index=False):
+        values = [float(by_path.at[p, "relative_angle_variance"].get(str(row.class_index), np.nan))
+                  for p in row.paths]
+        rows.append({"cell": f"{protocol.display_dataset(row.dataset)} {row.role}: {row.class_name}",
+                     "dataset": row.dataset, "role": row.role, "class_index": row.class_index,
+                     "class_name": row.class_name, "method": row.method, "hyperparameters": row.hyperparameters,
+                     "n_seeds": len(values), "relative_variance": float(np.mean(values)),
+                     "relative_variance_std": float(np.std(values, ddof=1)) if len(values) > 1 else np.nan})
+    columns = ["cell", "dataset", "role", "class_index", "class_name", "method", "hyperparameters", "n_seeds",
+               "relative_variance", "relative_variance_std"]
+    table = pd.DataFrame(rows, columns=columns)
+    order = {m: i for i, m in enumerate(methods)}
+    return table.sort_values("method", key=lambda c: c.map(order), kind="stable").sort_values(
+        ["dataset", "role"], key=lambda c: c.map({r: i for i, r in enumerate(protocol.ROLES)}) if c.name == "role"
+        else c, kind="stable").reset_index(drop=True)
+
+
+def fig3_panels(run_dirs: Mapping[str, str | os.PathLike]):
+    """What Fig. 3 shows, from its finished runs ({method: run dir}, e.g. ``Study.fig3_runs()``):
+    (panels for ``plots.plot_fig3``, class names, important class indices, a table with each run's
+    accuracy, the important class's recall, its share of the circle and its relative angle variance)."""
+    import pandas as pd
+
+    from camri.plots import circle_share
+
+    panels, rows, classes, important = {}, [], None, []
+    summaries = {method: rundir.read_summary(d) for method, d in run_dirs.items()}
+    for summary in summaries.values():
+        important = important or list(summary["important"])
+        classes = classes or list(summary["classes"])
+    for method, directory in run_dirs.items():
+        summary = summaries[method]
+        angles = rundir.read_angles(directory)
+        if "features2d" not in angles:
+            raise ValueError(f"{directory} was not trained with z_dim = 2: Fig. 3 needs 2-D features")
+        weights = rundir.read_head_weight(directory)
+        for c in important:
+            rows.append({"method": method, "accuracy": summary["accuracy"], "class": classes[c],
+                         "recall": summary["recall"][c],
+                         "circle_share": circle_share(weights, c) if weights is not None else float("nan"),
+                         "relative_variance": summary["relative_angle_variance"].get(str(c), float("nan")),
+                         "epochs": summary["epochs_completed"]})
+        recall = ", ".join(f"recall[{classes[c]}] {summary['recall'][c]:.3f}" for c in important)
+        panels[f"{method}: {recall}, accuracy {summary['accuracy']:.3f}"] = {
+            "features2d": angles["features2d"], "labels": angles["labels"], "weights": weights}
+    return panels, classes, important, pd.DataFrame(rows)

@@ -1,0 +1,213 @@
+"""A profile as the notebooks see it (``open_study``): its settings, its folders, its finished runs, Fig. 3's
+runs, and where figures and tables go. With ``train=True`` the runs a notebook needs are trained when
+missing (``camri.grid.run``); with ``train=False`` (``camri figures``) they are only read, and a missing
+run is a ``MissingRunsError`` that says how to train it.
+
+    study = open_study("demo", train=False)
+    runs = study.runs()                 # camri.protocol.load_runs rows of the profile's finished runs
+    run_dirs = study.fig3_runs()        # {"CE": run dir, "CAMRI": run dir}
+    study.save(fig, "04_table1")        # figures/04_table1.png and .pdf
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from camri import data as camri_data
+from camri import grid, rundir
+from camri.analysis import markdown_table
+from camri.io import atomic_write_text
+from camri.notebooks import profile_argument
+from camri.profile import Profile, load_profile, profile_dir, restrict
+from camri.sweep import STAGES, RunSpec, choose_important, expand, fig3_specs
+
+
+class MissingRunsError(RuntimeError):
+    """Stored results are asked for (``TRAIN = False``, ``camri figures``) but some runs are not finished."""
+
+
+def missing_message(profile: Profile, missing: Sequence[str], total: int, what: str) -> str:
+    return (f"{len(missing)} of {total} {what} of profile {profile.name!r} are not finished (e.g. {missing[0]}); "
+            f"stored results are read only here (TRAIN = False / camri figures). Train them with "
+            f"`camri reproduce --profile {profile_argument(profile) if profile.source else profile.name}`, "
+            "or run this notebook with TRAIN = True.")
+
+
+def check_finished(profile: Profile, results_dir=None, stages: Sequence[str] = STAGES) -> None:
+    """Raise MissingRunsError unless every run of ``stages`` is finished (reads only; trains nothing)."""
+    specs = expand(profile, "baseline", results_dir=results_dir)
+    missing = [s.key for s in specs if not s.finished]
+    if missing:  # the baseline first: without it, the methods stage's runs are not even known
+        raise MissingRunsError(missing_message(profile, missing, len(specs), "CE baseline runs"))
+    if "methods" in stages:
+        important = choose_important(profile, results_dir, record=False)
+        specs = expand(profile, "methods", important, results_dir=results_dir)
+        missing = [s.key for s in specs if not s.finished]
+        if missing:
+            raise MissingRunsError(missing_message(profile, missing, len(specs), "runs of the methods stage"))
+
+
+def train_fig3(profile: Profile, specs: list[RunSpec], workers: int | None = None) -> list[RunSpec]:
+    """Train the Fig. 3 runs ``specs`` on the local pool (the profile's workers and workers_per_gpu);
+    returns those that did not finish (failed, or busy in another process)."""
+    camri_data.check_available(specs[0].config.dataset, profile.data_dir)
+    outcome = grid.run_local_specs(profile, specs, workers)
+    return [s for s in specs if outcome.get(s.key) != "done"]
+
+
+@dataclasses.dataclass
+class Study:
+    """A profile as the notebooks see it: its settings, folders and finished runs.
+
+    ``root`` = ``<results>/<profile>``; figures go to ``root/figures``, tables to ``root/tables``.
+    ``train``: whether ``runs`` trains what is missing (``camri.grid.run``) or only reads.
+    """
+
+    profile: Profile
+    results_dir: str | None
+    train: bool = True
+    workers: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    @property
+    def root(self) -> Path:
+        return profile_dir(self.profile, self.results_dir)
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(self.profile.datasets)
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def tolerance(self) -> float:
+        return self.profile.protocol.accuracy_tolerance
+
+    def slug(self, dataset: str) -> str:
+        """The data set's name in file names (``camri.profile.dataset_slug``)."""
+        from camri.profile import dataset_slug
+
+        return dataset_slug(dataset)
+
+    def load_data(self, dataset: str) -> camri_data.DataSet:
+        return camri_data.load(dataset, data_dir=self.profile.data_dir,
+                               image_size=self.profile.train.get("image_size"))
+
+    # ---- runs ----
+    def ensure(self, stages: Sequence[str] = STAGES) -> None:
+        """Train the runs of ``stages`` that are missing (``train``), or check that none is (not ``train``)."""
+        stages = (stages,) if isinstance(stages, str) else tuple(stages)
+        if not self.train:
+            check_finished(self.profile, self.results_dir, stages)
+            return
+        report = grid.run(self.profile, stages, wait=True, workers=self.workers, results_dir=self.results_dir)
+        if not report.complete:
+            raise RuntimeError("the runs this notebook needs did not all finish:\n" + report.summary())
+
+    def specs(self, stages: Sequence[str] = STAGES) -> list[RunSpec]:
+        specs = expand(self.profile, "baseline", results_dir=self.results_dir)
+        if "methods" in stages:
+            important = choose_important(self.profile, self.results_dir, record=False)
+            specs += expand(self.profile, "methods", important, results_dir=self.results_dir)
+        return specs
+
+    def runs(self, stages: Sequence[str] = STAGES):
+        """The finished runs of ``stages`` (``camri.protocol.load_runs`` rows), after ``ensure(stages)``.
+        Only this profile's runs: other folders below ``root/runs`` are ignored."""
+        from camri import protocol
+
+        stages = (stages,) if isinstance(stages, str) else tuple(stages)
+        self.ensure(stages)
+        wanted = {str(s.out_dir) for s in self.specs(stages)}
+        runs = protocol.load_runs(self.root / "runs")
+        return runs[runs["path"].isin(wanted)].reset_index(drop=True)
+
+    def important(self, runs, dataset: str):
+        """The important classes of ``dataset``: DataFrame role, class_index, class_name (and, when chosen
+        from the CE baseline, recall_mean, recall_std, rank, paper_class), for the profile's roles."""
+        import pandas as pd
+
+        from camri import protocol
+
+        fixed = self.profile.important.classes.get(dataset)
+        if fixed is None:
+            roles = list(self.profile.important.roles) or list(protocol.ROLES)
+            chosen = protocol.choose_important(runs, dataset)
+            return chosen[chosen["role"].isin(roles)].reset_index(drop=True)
+        # Fixed by the profile: protocol.select_all resolves them (names or indices, by role).
+        cells = self.select(runs, [dataset]).drop_duplicates("role")
+        return pd.DataFrame(cells[["role", "class_index", "class_name"]]).reset_index(drop=True)
+
+    def select(self, runs, datasets: Sequence[str] | None = None):
+        """``camri.protocol.select_all`` with the profile's tolerance, min_seeds, roles and fixed classes."""
+        from camri import protocol
+
+        roles = list(self.profile.important.roles) or list(protocol.ROLES)
+        return protocol.select_all(runs, tolerance=self.tolerance, min_seeds=self.profile.protocol.min_seeds,
+                                   roles=roles, important=self.profile.important.classes or None,
+                                   datasets=datasets or self.datasets)
+
+    # ---- Fig. 3 ----
+    def fig3_runs(self) -> dict[str, Path]:
+        """Train (``train``) or check the two Fig. 3 runs of the profile's ``fig3:`` section; returns
+        {"CE": run dir, "CAMRI": run dir}."""
+        specs = fig3_specs(self.profile, self.results_dir)
+        todo = [s for s in specs if not s.finished]
+        if todo and not self.train:
+            raise MissingRunsError(missing_message(self.profile, [s.key for s in todo], len(specs), "Fig. 3 runs"))
+        if todo:
+            failed = train_fig3(self.profile, todo, self.workers)
+            if failed:
+                raise RuntimeError(f"Fig. 3 run {failed[0].key} did not finish; its log: "
+                                   f"{failed[0].out_dir / rundir.LOG}")
+        return {"CE": specs[0].out_dir, "CAMRI": specs[1].out_dir}
+
+    # ---- output ----
+    def save(self, fig, name: str):
+        """Save ``fig`` as ``figures/<name>.png`` and ``.pdf``; returns the figure (for display)."""
+        from camri.plots import save_figure
+
+        save_figure(fig, self.figures_dir / name)
+        return fig
+
+    def save_table(self, frame, name: str, *, index: bool = False):
+        """Save ``frame`` as ``tables/<name>.csv`` and ``.md``; returns it (for display). A ``paths``
+        column (absolute run folders, as in ``protocol.cell_settings``) is left out of the files."""
+        frame = frame.drop(columns=["paths"], errors="ignore")
+        atomic_write_text(self.tables_dir / f"{name}.csv",
+                          frame.to_csv(index=index, float_format="%.6g", lineterminator="\n"))
+        atomic_write_text(self.tables_dir / f"{name}.md", markdown_table(frame, index=index) + "\n")
+        return frame
+
+
+
+def open_study(profile: str | os.PathLike | grid.Profile, results_dir: str | os.PathLike | None = None, *,
+               train: bool = True, dataset: str | None = None, workers: int | None = None) -> Study:
+    """What a notebook starts with: the profile (a shipped name or a YAML path) restricted to ``dataset``
+    when given, its results root (None: ``<repo>/results``), and whether missing runs are trained."""
+    loaded = grid.load_profile(profile)
+    if dataset:
+        loaded = _restrict(loaded, dataset)
+    return Study(loaded, None if results_dir is None else str(results_dir), bool(train), workers)
+
+
+def open_study(profile: str | os.PathLike | Profile, results_dir: str | os.PathLike | None = None, *,
+               train: bool = True, dataset: str | None = None, workers: int | None = None) -> Study:
+    """What a notebook starts with: the profile (a shipped name or a YAML path) restricted to ``dataset``
+    when given, its results root (None: ``<repo>/results``), and whether missing runs are trained."""
+    loaded = load_profile(profile)
+    if dataset:
+        loaded = restrict(loaded, dataset)
+    return Study(loaded, None if results_dir is None else str(results_dir), bool(train), workers)

@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh Linux machine with Python 3.11:
 #   make reproduce   the demo reproduction (embedded digits data set, CPU, minutes)
-#   make test        the test suite
+#   make test        the linter (ruff check) and the test suite
 # Both create or update .venv from pyproject.toml when it is missing or older than pyproject.toml.
 
 PYTHON ?= python3.11
@@ -21,6 +21,7 @@ reproduce: $(STAMP)
 	$(VENV)/bin/camri reproduce --profile $(PROFILE)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest
 
 figures: $(STAMP)

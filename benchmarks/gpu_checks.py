@@ -150,7 +150,7 @@ def train_runs(args, log: Log, spec: str, scratch: Path, deadline: float, jsonl:
         epochs = max(1, min(300, math.floor(left * 0.9 / (per_epoch * slowdown))))
     else:
         epochs = 1
-    log(f"{len(runs)} runs ({', '.join(f'{l} seed {s}' for l, s in runs)}), width {width}, {epochs} epochs "
+    log(f"{len(runs)} runs ({', '.join(f'{loss} seed {s}' for loss, s in runs)}), width {width}, {epochs} epochs "
         f"(estimated {per_epoch} s per epoch alone, {left:.0f} s left)")
     cat = dataset.classes.index(args.important) if args.important in dataset.classes else int(args.important)
     out_root = scratch / "runs"
@@ -177,7 +177,8 @@ def train_runs(args, log: Log, spec: str, scratch: Path, deadline: float, jsonl:
         except subprocess.TimeoutExpired:
             p.kill()
         done = (out / "summary.json").exists()
-        epochs_done = max(0, len((out / "metrics.csv").read_text().splitlines()) - 1) if (out / "metrics.csv").exists() else 0
+        metrics = out / "metrics.csv"
+        epochs_done = max(0, len(metrics.read_text().splitlines()) - 1) if metrics.exists() else 0
         log(f"{out.name}: exit {p.returncode}, {epochs_done} epochs, {'finished' if done else 'not finished'}")
     return out_root
 

@@ -219,7 +219,8 @@ def add_cli(subparsers) -> None:
     add_profile_arguments(grid)
     grid.add_argument("--executor", choices=EXECUTORS, default=None, help="default: the profile's executor.kind")
     grid.add_argument("--workers", type=int, default=None,
-                      help="local: parallel runs (default: the profile's, else one per GPU; on CPU one per core, at most 8)")
+                      help="local: parallel runs (default: the profile's, else one per GPU; on CPU one per available "
+                           "CPU, at most 8)")
     grid.add_argument("--stage", choices=STAGES + ("all",), default="all")
     grid.add_argument("--no-wait", action="store_true", help="submitit: submit and return")
     grid.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,

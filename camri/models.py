@@ -96,7 +96,7 @@ class PaperCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed_bn(self.embed(self.features(x)))
 
-    def member(self, k: int) -> "PaperCNN":
+    def member(self, k: int) -> PaperCNN:
         """Member k as a network of its own (a copy of its weights and BatchNorm statistics)."""
         if not 0 <= k < self.members:
             raise IndexError(f"member {k} of a stack of {self.members}")

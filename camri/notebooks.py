@@ -27,7 +27,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _same_python(argv0: str) -> bool:
-    if argv0 in ("python", f"python{sys.version_info[0]}", "python%d.%d" % sys.version_info[:2]):
+    if argv0 in ("python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2])):
         return True  # jupyter_client runs these names as the current interpreter
     return os.path.abspath(argv0) == os.path.abspath(sys.executable)
 

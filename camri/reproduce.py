@@ -2,12 +2,12 @@
 and figure regeneration from stored results without training (``camri figures``).
 
 ``camri reproduce --profile demo``:
-1. loads the profile (``camri.grid.load_profile``) and checks that every data set it needs is present or
+1. loads the profile (``camri.profile.load_profile``) and checks that every data set it needs is present or
    downloadable (``camri.data.check_available``), stopping at once with the fix if not;
 2. trains what is missing: the grid (``camri.grid.run``: CE baseline, then the methods for the important
-   classes chosen from it) and the two z_dim = 2 runs of Fig. 3 (the profile's ``fig3:`` section). With ``--executor submitit`` the runs
-   are submitted and the command returns; run it again later: it submits what is still missing and, once
-   everything is finished, goes on;
+   classes chosen from it) and the two z_dim = 2 runs of Fig. 3 (the profile's ``fig3:`` section). With
+   ``--executor submitit`` the runs are submitted and the command returns; run it again later: it submits
+   what is still missing and, once everything is finished, goes on;
 3. executes ``notebooks/NN_*.ipynb`` in order with papermill, in a Jupyter kernel of this Python
    (``ensure_kernel``), parameters from the profile's ``notebooks:`` section. Executed notebooks go to
    ``results/<profile>/notebooks/``, figures (PNG + PDF) to ``figures/``, tables (CSV + Markdown) to

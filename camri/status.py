@@ -55,7 +55,8 @@ def run_state(spec, job: dict | None = None, job_state: tuple[bool | None, str] 
     log_path = log if log.is_file() else None
     if rundir.is_finished(out):
         with contextlib.suppress(OSError, ValueError, KeyError):
-            return StatusRow(spec.key, spec.stage, "done", log_path, f"accuracy {rundir.read_summary(out)['accuracy']:.4f}")
+            accuracy = rundir.read_summary(out)["accuracy"]
+            return StatusRow(spec.key, spec.stage, "done", log_path, f"accuracy {accuracy:.4f}")
         return StatusRow(spec.key, spec.stage, "done", log_path)
     holder = lock_holder(out)
     if holder:

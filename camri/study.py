@@ -193,16 +193,6 @@ class Study:
 
 
 
-def open_study(profile: str | os.PathLike | grid.Profile, results_dir: str | os.PathLike | None = None, *,
-               train: bool = True, dataset: str | None = None, workers: int | None = None) -> Study:
-    """What a notebook starts with: the profile (a shipped name or a YAML path) restricted to ``dataset``
-    when given, its results root (None: ``<repo>/results``), and whether missing runs are trained."""
-    loaded = grid.load_profile(profile)
-    if dataset:
-        loaded = _restrict(loaded, dataset)
-    return Study(loaded, None if results_dir is None else str(results_dir), bool(train), workers)
-
-
 def open_study(profile: str | os.PathLike | Profile, results_dir: str | os.PathLike | None = None, *,
                train: bool = True, dataset: str | None = None, workers: int | None = None) -> Study:
     """What a notebook starts with: the profile (a shipped name or a YAML path) restricted to ``dataset``

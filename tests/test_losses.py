@@ -55,7 +55,8 @@ def test_margin_on_target_hand_value(name):
     head = three_class_head(name, scale=s, margin=m, important=[1])
     logits = [s * math.cos(t * DEG) for t in THETA]
     logits[1] = s * math.cos(20 * DEG + m)
-    assert head(Z, torch.tensor([1])).item() == pytest.approx(softmax_nll(logits, 1), rel=1e-7)  # the margin buffer was float32 before .double()
+    # the margin buffer was float32 before .double()
+    assert head(Z, torch.tensor([1])).item() == pytest.approx(softmax_nll(logits, 1), rel=1e-7)
     # The prediction logits never carry the margin.
     assert head.logits(Z)[0, 1].item() == pytest.approx(s * math.cos(20 * DEG), rel=1e-9)
 
@@ -69,7 +70,8 @@ def test_camri_margin_only_for_important_class():
     with_margin = list(plain)
     with_margin[0] = s * math.cos(100 * DEG + m)
     assert camri(Z, torch.tensor([0])).item() == pytest.approx(softmax_nll(plain, 0), rel=1e-9)
-    assert arcface(Z, torch.tensor([0])).item() == pytest.approx(softmax_nll(with_margin, 0), rel=1e-7)  # the margin buffer was float32 before .double()
+    # the margin buffer was float32 before .double()
+    assert arcface(Z, torch.tensor([0])).item() == pytest.approx(softmax_nll(with_margin, 0), rel=1e-7)
 
 
 def test_camri_several_important_classes_each_own_margin():
@@ -82,7 +84,8 @@ def test_camri_several_important_classes_each_own_margin():
         logits = [s * math.cos(t * DEG) for t in THETA]
         logits[target] = s * math.cos(THETA[target] * DEG + m)
         per_sample.append(softmax_nll(logits, target))
-    assert head(z, y).item() == pytest.approx(sum(per_sample) / 3, rel=1e-7)  # the margin buffer was float32 before .double()
+    # the margin buffer was float32 before .double()
+    assert head(z, y).item() == pytest.approx(sum(per_sample) / 3, rel=1e-7)
 
 
 def test_ce_hand_value():

@@ -1,7 +1,8 @@
-"""The notebooks and the headless reproduction (camri.reproduce): committed notebooks are clean; a tiny
-profile goes end to end through `camri reproduce` (grid, Fig. 3 runs, every notebook under papermill);
-figures are real images, tables have their rows; `camri figures` re-renders from stored results without
-training; a failing notebook makes the command fail loudly; papermill works by hand with the kernel.
+"""The notebooks and the headless reproduction (camri.reproduce, camri.study, camri.notebooks): committed
+notebooks are clean; a tiny profile goes end to end through `camri reproduce` (grid, Fig. 3 runs, every
+notebook under papermill); figures are real images, tables have their rows; `camri figures` re-renders from
+stored results without training; a failing notebook makes the command fail loudly; papermill works by hand
+with the kernel.
 
 One module-scoped fixture trains the smoke grid once (digits, width 0.125, z_dim 16, one epoch, one seed:
 5 grid runs and 2 Fig. 3 runs) and executes all notebooks; the other tests read its results."""
@@ -22,7 +23,8 @@ import papermill
 import pytest
 from PIL import Image
 
-from camri import cli, grid, protocol, reproduce
+from camri import analysis, cli, notebooks, protocol, reproduce, study, sweep
+from camri.profile import parse_profile
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -42,9 +44,9 @@ methods:
   wce: {weight: [2]}
   crwwce: {weight: [2], fp_weight: [1]}
 executor: {kind: local, workers: 2}
+fig3: {epochs: 1, dataset: digits}
 notebooks:
   00_data: {samples_per_class: 2}
-  06_fig3_feature_circle: {epochs: 1, dataset: digits}
   07_fig2_loss_contours: {resolution: 41}
 """
 
@@ -107,42 +109,62 @@ def test_one_parameters_cell_that_papermill_reads_completely(path):
     assigned = [node.targets[0].id for node in ast.parse(tagged[0].source).body]
     declared = papermill.inspect_notebook(str(path))
     assert list(declared) == assigned  # papermill skips lines it cannot parse (e.g. a second "=")
-    defaults = reproduce.notebook_defaults(path)
-    assert defaults["PROFILE"] == "demo" and defaults["RESULTS_DIR"] is None
-    assert defaults.get("TRAIN", True) is True
-    assert book.metadata.kernelspec.name == reproduce.KERNEL_NAME
+    assert declared["PROFILE"]["default"] == '"demo"' and declared["RESULTS_DIR"]["default"] == "None"
+    assert declared.get("TRAIN", {"default": "True"})["default"] == "True"
+    assert book.metadata.kernelspec.name == notebooks.KERNEL_NAME
 
 
 def test_ensure_kernel_runs_this_python():
     from jupyter_client.kernelspec import KernelSpecManager
 
-    name = reproduce.ensure_kernel()
+    name = notebooks.ensure_kernel()
     spec = KernelSpecManager().get_kernel_spec(name)
-    assert reproduce._same_python(spec.argv[0])
+    assert notebooks._same_python(spec.argv[0])
 
 
 def test_profile_parameters_match_notebook_names_ignoring_case(tmp_path):
-    path = REPO / "notebooks" / "06_fig3_feature_circle.ipynb"
-    profile = grid.parse_profile({"name": "p", "datasets": ["digits"],
-                                  "notebooks": {"06_fig3_feature_circle": {"epochs": 3, "Margin": "8pi/64"}}})
-    parameters = reproduce.notebook_parameters(path, profile, {"PROFILE": "x", "TRAIN": False, "OTHER": 1})
-    assert parameters == {"PROFILE": "x", "TRAIN": False, "EPOCHS": 3, "MARGIN": "8pi/64"}
-    profile.notebooks["06_fig3_feature_circle"] = {"epoch": 3}
-    with pytest.raises(ValueError, match="notebooks.06_fig3_feature_circle.epoch: the notebook has no such "
-                                         "parameter; it has PROFILE, RESULTS_DIR, TRAIN, DATASET"):
-        reproduce.notebook_parameters(path, profile, {})
+    path = REPO / "notebooks" / "07_fig2_loss_contours.ipynb"
+    profile = parse_profile({"name": "p", "datasets": ["digits"],
+                             "notebooks": {"07_fig2_loss_contours": {"resolution": 21, "Margin": "8pi/64"}}})
+    parameters = notebooks.notebook_parameters(path, profile, {"PROFILE": "x", "TRAIN": False, "OTHER": 1})
+    assert parameters == {"PROFILE": "x", "RESOLUTION": 21, "MARGIN": "8pi/64"}
+    profile.notebooks["07_fig2_loss_contours"] = {"resolutions": 3}
+    with pytest.raises(ValueError, match="notebooks.07_fig2_loss_contours.resolutions: the notebook has no such "
+                                         "parameter; it has PROFILE, RESULTS_DIR"):
+        notebooks.notebook_parameters(path, profile, {})
 
 
-def test_fig3_specs(tmp_path):
-    profile = grid.parse_profile({"name": "p", "datasets": ["digits"], "data_dir": str(tmp_path / "data"),
-                                  "train": {"epochs": 7, "width": 0.5}})
-    ce, camri = reproduce.fig3_specs(profile, tmp_path, important="3", margin="8pi/64", scale=8)
+def test_fig3_specs_come_from_the_profile(tmp_path):
+    profile = parse_profile({"name": "p", "datasets": ["digits"], "data_dir": str(tmp_path / "data"),
+                             "train": {"epochs": 7, "width": 0.5}, "fig3": {"margin": "8pi/64", "scale": 8}})
+    ce, camri = sweep.fig3_specs(profile, tmp_path)
     assert ce.config.dataset == "digits"  # no MNIST in that data directory
     assert (ce.config.z_dim, ce.config.epochs, ce.config.width, ce.config.loss) == (2, 7, 0.5, "ce")
-    assert (camri.config.loss, camri.config.important, camri.config.scale) == ("camri", [3], 8.0)
+    assert (camri.config.loss, camri.config.important, camri.config.scale) == ("camri", (3,), 8.0)
     assert camri.key == "fig3/digits/camri/c3_m8pi64_s8/seed0"  # apart from the grid's keys in jobs.json
     assert camri.out_dir == tmp_path / "p" / camri.key
-    assert reproduce.fig3_specs(profile, tmp_path, epochs=2)[0].config.epochs == 2
+    profile = parse_profile({"name": "p", "datasets": ["digits"], "fig3": {"epochs": 2, "dataset": "digits"}})
+    assert sweep.fig3_specs(profile, tmp_path)[0].config.epochs == 2
+    # The committed results/cpu folder's Fig. 3 runs are found where they were trained (default settings).
+    cpu = sweep.fig3_specs(REPO / "results" / "cpu" / "cpu-jpeg.yaml", REPO / "results")
+    assert all(s.finished for s in cpu) and [s.key for s in cpu] == [
+        "fig3/digits/ce/default/seed0", "fig3/digits/camri/c3_m4pi64_s16/seed0"]
+
+
+def test_fig3_local_runs_use_the_profiles_workers_per_gpu(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run_local(specs, workers=None, workers_per_gpu=1, bar=None):
+        seen.update(workers=workers, workers_per_gpu=workers_per_gpu)
+        return {s.key: "done" for s in specs}
+
+    from camri import grid
+
+    monkeypatch.setattr(grid, "run_local", fake_run_local)
+    profile = parse_profile({"name": "p", "datasets": ["digits"], "fig3": {"dataset": "digits"},
+                             "executor": {"workers": 3, "workers_per_gpu": 4}})
+    study.Study(profile, str(tmp_path)).fig3_runs()
+    assert seen == {"workers": 3, "workers_per_gpu": 4}
 
 
 def test_reproduce_checks_every_data_set_before_training(tmp_path, capsys):
@@ -165,7 +187,7 @@ def test_figures_reports_missing_runs_and_trains_nothing(tmp_path):
 
 def test_markdown_table():
     frame = pd.DataFrame({"a": [1.23456, float("nan")], "b": ["x|y", (1, 2)]})
-    assert reproduce.markdown_table(frame) == "| a | b |\n|---|---|\n| 1.235 | x\\|y |\n| – | 1, 2 |"
+    assert analysis.markdown_table(frame) == "| a | b |\n|---|---|\n| 1.235 | x\\|y |\n| – | 1, 2 |"
 
 
 # ---- the smoke profile end to end ---------------------------------------------------------------------
@@ -268,7 +290,7 @@ def test_a_failing_notebook_fails_the_command_with_its_cell_and_traceback(smoke,
 
 
 def test_papermill_by_hand_with_the_camri_kernel(smoke, tmp_path):
-    kernel = reproduce.ensure_kernel()
+    kernel = notebooks.ensure_kernel()
     out = tmp_path / "fig2.ipynb"
     proc = subprocess.run([sys.executable, "-m", "papermill", str(REPO / "notebooks" / "07_fig2_loss_contours.ipynb"),
                            str(out), "-k", kernel, "-p", "PROFILE", str(smoke.profile), "-p", "RESULTS_DIR",
@@ -284,10 +306,10 @@ def test_important_classes_fixed_by_the_profile(smoke):
 
     raw = yaml.safe_load(SMOKE)
     raw["important"] = {"roles": ["worst1"], "classes": {"digits": ["7"]}}
-    study = reproduce.Study(grid.parse_profile(raw), str(smoke.results), train=False)
+    fixed = study.Study(parse_profile(raw), str(smoke.results), train=False)
     runs = protocol.load_runs(smoke.out / "runs")
-    assert study.important(runs, "digits").values.tolist() == [["worst1", 7, "7"]]
-    chosen = reproduce.Study(grid.parse_profile(yaml.safe_load(SMOKE)), str(smoke.results)).important(runs, "digits")
+    assert fixed.important(runs, "digits").values.tolist() == [["worst1", 7, "7"]]
+    chosen = study.Study(parse_profile(yaml.safe_load(SMOKE)), str(smoke.results)).important(runs, "digits")
     assert chosen["role"].tolist() == ["worst1"]
     recorded = json.loads((smoke.out / "important.json").read_text())["digits"][0]  # the grid's choice
     assert chosen["class_index"].iloc[0] == recorded["class_index"]

@@ -157,6 +157,7 @@ def test_epoch_curves_plot_one_line_and_band_per_setting():
     assert drawn(fig)
     left, right = fig.axes
     assert len(left.lines) == len(right.lines) == 3
-    assert [t.get_text() for t in right.get_legend().get_texts()] == ["CE", "CAMRI (m=4π/64, s=16)", "CAMRI (m=1π/64, s=16)"]
+    assert [t.get_text() for t in right.get_legend().get_texts()] == [
+        "CE", "CAMRI (m=4π/64, s=16)", "CAMRI (m=1π/64, s=16)"]
     assert right.get_ylabel() == "recall of cat"
     np.testing.assert_allclose(left.lines[0].get_ydata(), [0.5, 0.6])

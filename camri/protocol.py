@@ -8,10 +8,8 @@ Every step is a plain function on pandas DataFrames, so notebooks, profiles and 
     sel = select_all(runs, tolerance=0.005)            # the chosen setting per dataset × role × method
     table = table1(sel)                                # Table 1, long format, with the paper's values
     write_table1(table, "results/paper")               # table1.csv (the contract), table1.md, table1.tex
-    paired_comparisons(sel)                            # CAMRI − CE and CAMRI − ArcFace, paired by seed
     cell_settings(runs, "cifar10", 3)                  # every setting's (recall, accuracy) point of a cell
     epoch_curves(runs, "cifar10", 3)                   # the same settings, epoch by epoch (metrics.csv)
-    ce_threshold_curve(runs, "cifar10", 3)             # post-hoc bias on CE's class-3 logit: the curve
 
 API
 ---
@@ -43,11 +41,11 @@ Settings and selection
     class_index and class_name columns; ``important`` fixes classes instead of choosing them from CE.
 Table 1
     ``table1(selections) -> DataFrame``: columns ``TABLE1_COLUMNS`` (the CSV contract) plus class_index,
-    recall_diff and accuracy_diff (ours − paper). ``table1_csv(table)``, ``table1_markdown(table)``,
+    recall_diff and accuracy_diff (ours − paper). ``camri.tables.table1_csv(table)``, ``table1_markdown(table)``,
     ``table1_latex(table)``: strings. ``write_table1(table, out_dir) -> {"csv"|"md"|"tex": Path}``:
     table1.csv, table1.md and table1.tex, each written atomically.
     ``paper_table1() -> DataFrame``: the paper's numbers (dataset, important, method, recall, accuracy).
-Beyond the paper
+Beyond the paper (``camri.posthoc``)
     ``paired_gain(a, b, confidence=0.95) -> dict`` and ``paired_comparisons(selections, ...)``: recall gain
     of CAMRI over CE and over ArcFace on the seeds both have, with a t confidence interval.
     ``threshold_curve(logits, labels, class_index, biases=None) -> DataFrame`` and
@@ -79,16 +77,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from camri.io import atomic_write_text, read_json
+from camri import rundir
+from camri.io import atomic_write_text
 from camri.losses import DISPLAY_ORDER, LOSSES, ROLES
+from camri.tables import TABLE1_COLUMNS, table1_csv, table1_latex, table1_markdown
 
 # Table 1's rows, in the paper's order (from the loss registry; L2-softmax is not in Table 1).
 TABLE1_METHODS = tuple(LOSSES[name].display for name in DISPLAY_ORDER if LOSSES[name].in_table1)
 DATASET_NAMES = {"cifar10": "CIFAR-10", "gtsrb": "GTSRB", "awa2": "AwA2"}
-TABLE1_COLUMNS = ("dataset", "important", "class", "method", "recall_mean", "recall_std", "accuracy_mean",
-                  "accuracy_std", "n_seeds", "hyperparameters", "qualified", "paper_recall", "paper_accuracy")
 DEFAULT_TOLERANCE = 0.005
 
 # Fields that must agree among the runs of a data set: mixing, say, 30- and 300-epoch runs in one
@@ -130,19 +127,12 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     return frame[list(RUN_COLUMNS) + [c for c in frame.columns if c not in RUN_COLUMNS]]
 
 
-def _run_files(root: str | Path, name: str) -> list[Path]:
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"no run directory {root}")
-    return sorted(root.rglob(name))
-
-
 def load_runs(root: str | Path) -> pd.DataFrame:
     """Every finished run below ``root`` (a directory holding summary.json), one row each (see module doc)."""
     rows = []
-    for path in _run_files(root, "summary.json"):
-        summary = read_json(path)
-        rows.append(_run_row(summary["config"], summary, path.parent))
+    for directory in rundir.finished_dirs(root):
+        summary = rundir.read_summary(directory)
+        rows.append(_run_row(summary["config"], summary, directory))
     return _frame(rows)
 
 
@@ -150,12 +140,11 @@ def unfinished_runs(root: str | Path) -> pd.DataFrame:
     """Runs below ``root`` that have config.json but no summary.json (not finished), same columns as
     ``load_runs`` with accuracy and recall empty."""
     rows = []
-    for path in _run_files(root, "config.json"):
-        if not path.with_name("summary.json").exists():
-            stored = read_json(path)
-            # The trainer nests the TrainConfig under "config" beside version fields and the class names.
-            config = {**stored.get("config", stored), "classes": stored.get("classes")}
-            rows.append(_run_row(config, None, path.parent))
+    for directory in rundir.unfinished_dirs(root):
+        stored = rundir.read_config(directory)
+        # The trainer nests the TrainConfig under "config" beside version fields and the class names.
+        config = {**stored.get("config", stored), "classes": stored.get("classes")}
+        rows.append(_run_row(config, None, directory))
     return _frame(rows)
 
 
@@ -284,7 +273,7 @@ def epoch_curves(runs: pd.DataFrame, dataset: str, class_index: int) -> pd.DataF
     for setting in settings.to_dict("records"):
         frames = []
         for path in setting["paths"]:
-            metrics = pd.read_csv(Path(path) / "metrics.csv")
+            metrics = rundir.read_metrics(path)
             if column not in metrics:
                 raise ValueError(f"{path}/metrics.csv has no column {column!r}: not a run of {dataset!r}?")
             frames.append(metrics[["epoch", "test_accuracy", column]].rename(columns={column: "recall"}))
@@ -427,196 +416,11 @@ def table1(selections: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _number(value: float, signed: bool = False) -> str:
-    if pd.isna(value):
-        return "–"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
-
-
-def _cell_lines(row: pd.Series) -> list[str]:
-    """A Table 1 cell as text lines: ours ± std, hyperparameters and seeds, the paper's value and Δ."""
-    if row["n_seeds"] == 0:
-        return ["–"]
-    lines = [f"{_number(row['recall_mean'])} ± {_number(row['recall_std'])} "
-             f"({_number(row['accuracy_mean'])} ± {_number(row['accuracy_std'])})",
-             "; ".join(filter(None, [row["hyperparameters"], f"n={row['n_seeds']}"]))
-             + ("" if row["qualified"] else " †")]
-    if not pd.isna(row["paper_recall"]):
-        lines.append(f"paper {_number(row['paper_recall'])} ({_number(row['paper_accuracy'])}), "
-                     f"Δ {_number(row['recall_diff'], True)} ({_number(row['accuracy_diff'], True)})")
-    return lines
-
-
-_CAPTION = ("Mean important-class recall (mean accuracy) ± sample std over seeds; chosen hyperparameters "
-            "(m = margin, s = scale, w = WCE / CRWWCE false-negative weight, w_fp = CRWWCE false-positive "
-            "weight); n = seeds; the paper's value and Δ = ours − paper. † no setting of the method "
-            "maintained accuracy: its best-recall setting is shown.")
-
-
-def _grids(table: pd.DataFrame):
-    """Per data set: (name, column headers "role: class", {method: [cell lines per role]})."""
-    for dataset, part in table.groupby("dataset", sort=False):
-        roles = part.drop_duplicates("important")
-        headers = [f"{r}: {c}" for r, c in zip(roles["important"], roles["class"])]
-        cells = {method: [_cell_lines(row) for _, row in rows.iterrows()]
-                 for method, rows in part.groupby("method", sort=False)}
-        yield dataset, headers, cells
-
-
-def table1_markdown(table: pd.DataFrame) -> str:
-    """Table 1 as Markdown: one table per data set, rows = methods, columns = important classes."""
-    out = ["# Table 1", "", _CAPTION, ""]
-    for dataset, headers, cells in _grids(table):
-        out += [f"## {dataset}", "", "| method | " + " | ".join(headers) + " |",
-                "|---" * (len(headers) + 1) + "|"]
-        out += [f"| {method} | " + " | ".join("<br>".join(lines) for lines in row) + " |"
-                for method, row in cells.items()]
-        out.append("")
-    return "\n".join(out)
-
-
-# One pass over the characters, so that a replacement is never escaped again.
-_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "π": r"$\pi$",
-          "±": r"$\pm$", "Δ": r"$\Delta$", "–": "--", "†": r"$^\dagger$"}
-
-
-def _latex(text: str) -> str:
-    return "".join(_LATEX.get(char, char) for char in text)
-
-
-def table1_latex(table: pd.DataFrame) -> str:
-    """Table 1 as LaTeX (no packages needed): one tabular per data set, each cell a stacked tabular."""
-    out = ["% Table 1. " + _CAPTION]
-    for dataset, headers, cells in _grids(table):
-        columns = len(headers) + 1
-        out += [r"\begin{tabular}{l" + "c" * len(headers) + "}", r"\hline",
-                rf"\multicolumn{{{columns}}}{{c}}{{{_latex(dataset)}}} \\", r"\hline",
-                "Method & " + " & ".join(_latex(h) for h in headers) + r" \\", r"\hline"]
-        for method, row in cells.items():
-            stacked = [r"\begin{tabular}[t]{@{}c@{}}" + r" \\ ".join(_latex(x) for x in lines) + r"\end{tabular}"
-                       for lines in row]
-            out.append(_latex(method) + " & " + " & ".join(stacked) + r" \\")
-        out += [r"\hline", r"\end{tabular}", ""]
-    return "\n".join(out)
-
-
-def table1_csv(table: pd.DataFrame) -> str:
-    """The machine-readable contract: exactly ``TABLE1_COLUMNS``; numbers to 6 significant digits,
-    qualified as true/false, NaN as empty."""
-    csv = table[list(TABLE1_COLUMNS)].copy()
-    csv["qualified"] = csv["qualified"].map({True: "true", False: "false"})
-    return csv.to_csv(index=False, na_rep="", float_format="%.6g", lineterminator="\n")
-
-
 def write_table1(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     """Write table1.csv, table1.md and table1.tex into ``out_dir``, each atomically; returns the paths."""
     out_dir = Path(out_dir)
     texts = {"csv": table1_csv(table), "md": table1_markdown(table), "tex": table1_latex(table)}
     return {kind: atomic_write_text(out_dir / f"table1.{kind}", text) for kind, text in texts.items()}
-
-
-# ---- beyond the paper: paired comparison ----------------------------------------------------------------
-
-def paired_gain(a: Mapping[int, float], b: Mapping[int, float], confidence: float = 0.95) -> dict:
-    """Mean of a[seed] − b[seed] over the seeds both have, with a two-sided t confidence interval.
-
-    Returns n_pairs, gain_mean, gain_std (sample, ddof=1), ci_low, ci_high; the std and interval are NaN
-    for fewer than 2 pairs, everything is NaN for none.
-    """
-    seeds = sorted(set(a) & set(b))
-    diff = np.array([a[s] - b[s] for s in seeds], dtype=float)
-    n = len(diff)
-    mean = diff.mean() if n else np.nan
-    std = diff.std(ddof=1) if n > 1 else np.nan
-    half = stats.t.ppf((1 + confidence) / 2, n - 1) * std / math.sqrt(n) if n > 1 else np.nan
-    return {"n_pairs": n, "gain_mean": mean, "gain_std": std, "ci_low": mean - half, "ci_high": mean + half}
-
-
-def paired_comparisons(selections: pd.DataFrame, *, method: str = "CAMRI",
-                       versus: Sequence[str] = ("CE", "ArcFace"), confidence: float = 0.95) -> pd.DataFrame:
-    """Per cell of ``select_all``, ``method`` against each of ``versus`` (their "maintaining" choices),
-    paired by seed: the recall gain of the important class, ``paired_gain``'s columns plus dataset, role,
-    class_name, method, versus and both hyperparameters. Cells missing either method are left out."""
-    maintaining = selections[selections["selection"] == "maintaining"]
-    rows = []
-    for (dataset, role, class_name), cell in maintaining.groupby(["dataset", "role", "class_name"], sort=False):
-        chosen = cell.set_index("method")
-        for other in versus:
-            if method not in chosen.index or other not in chosen.index:
-                continue
-            mine, theirs = chosen.loc[method], chosen.loc[other]
-            gain = paired_gain(dict(zip(mine["seeds"], mine["recalls"])),
-                               dict(zip(theirs["seeds"], theirs["recalls"])), confidence)
-            rows.append({"dataset": dataset, "role": role, "class_name": class_name, "method": method,
-                         "versus": other, **gain, "method_hyperparameters": mine["hyperparameters"],
-                         "versus_hyperparameters": theirs["hyperparameters"]})
-    return pd.DataFrame(rows, columns=["dataset", "role", "class_name", "method", "versus", "n_pairs",
-                                       "gain_mean", "gain_std", "ci_low", "ci_high", "method_hyperparameters",
-                                       "versus_hyperparameters"])
-
-
-# ---- beyond the paper: post-hoc threshold tuning -------------------------------------------------------
-
-def _gap(logits: np.ndarray, class_index: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per sample: (best other logit − logit of class_index, index of that best other class)."""
-    others = np.delete(logits, class_index, axis=1)
-    best_other = others.argmax(axis=1)
-    best_other += best_other >= class_index  # back to the full class index
-    return others.max(axis=1) - logits[:, class_index], best_other
-
-
-def _default_biases(gaps: np.ndarray, points: int = 201) -> np.ndarray:
-    # Quantiles of the gaps put the grid where predictions change; 0 is the plain model; below the smallest
-    # gap no sample goes to the class (recall 0), above the largest every sample does (recall 1).
-    ends = [gaps.min() - 1.0, 0.0, gaps.max() + 1.0]
-    return np.unique(np.concatenate([np.quantile(gaps, np.linspace(0, 1, points)), ends]))
-
-
-def threshold_curve(logits: np.ndarray, labels: np.ndarray, class_index: int,
-                    biases: np.ndarray | None = None) -> pd.DataFrame:
-    """Recall of ``class_index`` and overall accuracy when ``bias`` is added to that class's logit.
-
-    logits: (N, K) test logits; labels: (N,) true classes. biases: 1-D, in logit units (default: 201
-    quantiles of the per-sample gaps, plus 0 and a bias beyond each end). Ties are broken as argmax
-    does (lowest class index), so bias 0 reproduces the plain prediction. Returns columns bias, recall,
-    accuracy, sorted by bias; recall is NaN when no sample is of the class.
-    """
-    logits = np.asarray(logits, dtype=np.float64)
-    labels = np.asarray(labels)
-    if logits.ndim != 2 or labels.shape != (logits.shape[0],):
-        raise ValueError(f"logits must be (N, K) and labels (N,); got {logits.shape} and {labels.shape}")
-    if not 0 <= class_index < logits.shape[1]:
-        raise ValueError(f"class_index must be in [0, {logits.shape[1]}); got {class_index}")
-    gap, best_other = _gap(logits, class_index)
-    biases = np.sort(np.asarray(biases, dtype=np.float64)) if biases is not None else _default_biases(gap)
-    # (N, B): is class_index predicted at each bias? On an exact tie it wins only if its index is lower.
-    wins = (biases[None, :] > gap[:, None]) | ((biases[None, :] == gap[:, None])
-                                               & (class_index < best_other)[:, None])
-    target = labels == class_index
-    correct = np.where(wins, target[:, None], (best_other == labels)[:, None])
-    recall = wins[target].mean(axis=0) if target.any() else np.full(len(biases), np.nan)
-    return pd.DataFrame({"bias": biases, "recall": recall, "accuracy": correct.mean(axis=0)})
-
-
-def ce_threshold_curve(runs: pd.DataFrame, dataset: str, class_index: int,
-                       biases: np.ndarray | None = None) -> pd.DataFrame:
-    """``threshold_curve`` of every CE run of ``dataset`` (from its angles.npz), averaged over seeds at
-    each bias, so it compares with the methods' mean points of ``cell_settings``. The default bias grid
-    is built from the gaps of all seeds together. Columns: bias, recall, accuracy, n_seeds."""
-    ce = _dataset_runs(runs, dataset)
-    ce = ce[ce["loss"] == "ce"]
-    if ce.empty:
-        raise ValueError(f"no finished 'ce' runs of data set {dataset!r}")
-    arrays = []
-    for path in ce["path"]:
-        with np.load(Path(path) / "angles.npz") as npz:
-            arrays.append((npz["logits"].astype(np.float64), npz["labels"]))
-    if biases is None:
-        biases = _default_biases(np.concatenate([_gap(logits, class_index)[0] for logits, _ in arrays]))
-    curves = [threshold_curve(logits, labels, class_index, biases) for logits, labels in arrays]
-    mean = pd.concat(curves).groupby("bias", as_index=False)[["recall", "accuracy"]].mean()
-    return mean.assign(n_seeds=len(curves))
 
 
 # ---- formatting ----------------------------------------------------------------------------------------

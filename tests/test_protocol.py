@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from camri import protocol
+from camri import posthoc, protocol
 
 K = 6
 CLASSES = [f"c{i}" for i in range(K)]
@@ -280,25 +280,25 @@ def test_paper_table1_is_carried_as_data():
 
 def test_paired_gain_against_hand_computation():
     # Pairs on seeds 0, 1, 2 (3 and 5 are unpaired): gains 0.1, 0, 0.1 → mean 1/15, sample var 1/300.
-    gain = protocol.paired_gain({0: 0.8, 1: 0.7, 2: 0.9, 3: 0.6}, {0: 0.7, 1: 0.7, 2: 0.8, 5: 0.1})
+    gain = posthoc.paired_gain({0: 0.8, 1: 0.7, 2: 0.9, 3: 0.6}, {0: 0.7, 1: 0.7, 2: 0.8, 5: 0.1})
     t = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # t quantile 0.975 with 2 degrees of freedom, closed form
     half = t * math.sqrt(1 / 300) / math.sqrt(3)
     assert gain["n_pairs"] == 3 and gain["gain_mean"] == pytest.approx(1 / 15)
     assert (gain["ci_low"], gain["ci_high"]) == pytest.approx((1 / 15 - half, 1 / 15 + half))
-    single = protocol.paired_gain({0: 0.8}, {0: 0.5})
+    single = posthoc.paired_gain({0: 0.8}, {0: 0.5})
     assert single["gain_mean"] == pytest.approx(0.3) and math.isnan(single["ci_low"])
 
 
 def test_paired_comparisons_pair_the_chosen_settings_by_seed(grid):
     runs = protocol.load_runs(grid)
-    pairs = protocol.paired_comparisons(protocol.select_all(runs, min_seeds=3))
+    pairs = posthoc.paired_comparisons(protocol.select_all(runs, min_seeds=3))
     worst1 = pairs[pairs["role"] == "worst1"].set_index("versus")
     # CAMRI k=4 recall 0.6/0.7/0.8 vs CE 0.5/0.6/0.4 → gains 0.1, 0.1, 0.4;
     # vs ArcFace 0.5/0.55/0.6 → gains 0.1, 0.15, 0.2.
     assert worst1.at["CE", "n_pairs"] == 3 and worst1.at["CE", "gain_mean"] == pytest.approx(0.2)
     assert (worst1.at["ArcFace", "gain_mean"], worst1.at["ArcFace", "gain_std"]) == pytest.approx((0.15, 0.05))
     assert set(pairs["role"]) == {"worst1"}  # the other cells have no CAMRI
-    one_seed = protocol.paired_comparisons(protocol.select_all(runs)).set_index("versus")
+    one_seed = posthoc.paired_comparisons(protocol.select_all(runs)).set_index("versus")
     assert one_seed.at["CE", "n_pairs"] == 1 and math.isnan(one_seed.at["CE", "ci_high"])
 
 
@@ -308,7 +308,7 @@ LABELS = np.array([1, 1, 0, 2, 0])
 
 
 def test_threshold_curve_on_hand_made_logits():
-    curve = protocol.threshold_curve(LOGITS, LABELS, 1, biases=[-100.0, 0.0, 0.75, 100.0]).set_index("bias")
+    curve = posthoc.threshold_curve(LOGITS, LABELS, 1, biases=[-100.0, 0.0, 0.75, 100.0]).set_index("bias")
     # bias 0: predictions 0, 1, 0, 1, 0 → recall 1/2, accuracy 3/5 (the plain argmax).
     predicted = LOGITS.argmax(axis=1)
     assert curve.at[0.0, "accuracy"] == pytest.approx((predicted == LABELS).mean()) == pytest.approx(0.6)
@@ -324,7 +324,7 @@ def test_threshold_curve_default_grid_and_plain_argmax_on_random_logits():
     rng = np.random.default_rng(0)
     logits, labels = rng.normal(size=(60, 4)), rng.integers(0, 4, 60)
     for c in range(4):
-        curve = protocol.threshold_curve(logits, labels, c)
+        curve = posthoc.threshold_curve(logits, labels, c)
         assert curve["bias"].is_monotonic_increasing and curve["recall"].is_monotonic_increasing
         plain = curve.set_index("bias").loc[0.0]
         assert plain["accuracy"] == pytest.approx((logits.argmax(1) == labels).mean())
@@ -337,19 +337,19 @@ def test_ce_threshold_curve_averages_the_seeds(tmp_path):
     for seed, logits in enumerate([LOGITS, other]):
         write_run(tmp_path, f"s{seed}", loss="ce", seed=seed, recall=[0.5] * 3, accuracy=0.5,
                   logits=logits, labels=LABELS)
-    curve = protocol.ce_threshold_curve(protocol.load_runs(tmp_path), "cifar10", 1, biases=[0.0, 100.0])
-    expected = [protocol.threshold_curve(x, LABELS, 1, [0.0, 100.0]) for x in (LOGITS, other)]
+    curve = posthoc.ce_threshold_curve(protocol.load_runs(tmp_path), "cifar10", 1, biases=[0.0, 100.0])
+    expected = [posthoc.threshold_curve(x, LABELS, 1, [0.0, 100.0]) for x in (LOGITS, other)]
     mean_recall = (expected[0]["recall"] + expected[1]["recall"]) / 2
     assert curve["recall"].tolist() == pytest.approx(mean_recall.tolist())
     assert curve["n_seeds"].tolist() == [2, 2]
-    assert 0.0 in set(protocol.ce_threshold_curve(protocol.load_runs(tmp_path), "cifar10", 1)["bias"])
+    assert 0.0 in set(posthoc.ce_threshold_curve(protocol.load_runs(tmp_path), "cifar10", 1)["bias"])
 
 
 def test_threshold_curve_bad_input():
     with pytest.raises(ValueError, match="class_index"):
-        protocol.threshold_curve(LOGITS, LABELS, 3)
+        posthoc.threshold_curve(LOGITS, LABELS, 3)
     with pytest.raises(ValueError, match="labels"):
-        protocol.threshold_curve(LOGITS, LABELS[:2], 1)
+        posthoc.threshold_curve(LOGITS, LABELS[:2], 1)
 
 
 # ---- formatting ----------------------------------------------------------------------------------------

@@ -121,17 +121,6 @@ def _status_command(args) -> int:
     return 0
 
 
-def _status_command(args) -> int:
-    profile = load_profile(args.profile)
-    rows = status(profile, args.results_dir)
-    if args.only:
-        rows = [r for r in rows if r.state == args.only]
-    print(format_status(rows))
-    if not methods_known(profile, args.results_dir):
-        print("the methods stage is listed once the CE baseline has finished (its important classes come from it)")
-    return 0
-
-
 def add_cli(subparsers) -> None:
     stat = subparsers.add_parser("status", help="done / running / failed / pending per run of a profile",
                                  description="One line per run of a profile; a failed run shows its log and "

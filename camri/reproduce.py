@@ -24,21 +24,16 @@ runs) and ``camri.analysis`` (tables); ``camri.notebooks`` executes them.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 
-# camri.train's progress bars come from tqdm.auto, which inside a notebook asks for ipywidgets and falls
-# back to text bars with a warning in every executed notebook: the text bars are what we want.
-warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
-
-from camri import data as camri_data  # noqa: E402
-from camri import grid, rundir  # noqa: E402
-from camri.executors.slurm import read_jobs, submit_submitit  # noqa: E402
-from camri.notebooks import execute_notebooks, profile_argument  # noqa: E402
-from camri.profile import EXECUTORS, Profile, add_profile_arguments, load_profile  # noqa: E402
-from camri.status import run_state  # noqa: E402
-from camri.study import MissingRunsError, check_finished, missing_message, train_fig3  # noqa: E402
-from camri.sweep import STAGES, fig3_specs  # noqa: E402
+from camri import data as camri_data
+from camri import grid, rundir
+from camri.executors.slurm import read_jobs, submit_submitit
+from camri.notebooks import execute_notebooks, profile_argument
+from camri.profile import EXECUTORS, Profile, add_profile_arguments, load_profile
+from camri.status import run_state
+from camri.study import MissingRunsError, check_finished, missing_message, train_fig3
+from camri.sweep import STAGES, fig3_specs
 
 
 # ---- the two commands ---------------------------------------------------------------------------------

@@ -208,7 +208,7 @@ class CamriPath:
             replace.update(x_test=self.pool.x_test[:n_test], y_test=self.pool.y_test[:n_test])
         self.run.data = dataclasses.replace(self.pool, **replace)
         changes = {k: v for k, v in (("batch_size", batch), ("eval_batch_size", eval_batch)) if v is not None}
-        self.run.config = dataclasses.replace(self.run.config, **changes)
+        self.run.config = self.run.config.replace(**changes)
 
     def train_call(self) -> None:
         self.epoch += 1

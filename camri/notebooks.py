@@ -74,12 +74,23 @@ def list_notebooks(notebook_dir: str | os.PathLike | None = None) -> list[Path]:
     return notebooks
 
 
+def declared_parameters(path: str | os.PathLike) -> dict[str, dict]:
+    """The parameters a notebook declares in its cell tagged ``parameters``, as papermill reads them
+    (``papermill.inspect_notebook``'s {name: {name, inferred_type_name, default, help}}; ``default`` is
+    source text). papermill's Python translator reads the cell, so a notebook without kernel metadata
+    (which ``inspect_notebook`` refuses; execution names the kernel) works too: camri's notebooks are Python."""
+    import nbformat
+    from papermill.translators import PythonTranslator
+
+    book = nbformat.read(str(path), as_version=4)
+    cells = [c for c in book.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    return {p.name: p._asdict() for p in PythonTranslator.inspect(cells[0])} if cells else {}
+
+
 def notebook_parameters(path: Path, profile: Profile, base: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters for one notebook: ``base`` (PROFILE, RESULTS_DIR, TRAIN) where it declares them, then
     the profile's ``notebooks.<stem>`` entries, matched to its declared names ignoring case."""
-    import papermill
-
-    declared = papermill.inspect_notebook(str(path))
+    declared = declared_parameters(path)
     by_lower = {name.lower(): name for name in declared}
     parameters = {k: v for k, v in base.items() if k in declared}
     for key, value in (profile.notebooks.get(path.stem) or {}).items():

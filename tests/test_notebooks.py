@@ -109,6 +109,7 @@ def test_one_parameters_cell_that_papermill_reads_completely(path):
     assigned = [node.targets[0].id for node in ast.parse(tagged[0].source).body]
     declared = papermill.inspect_notebook(str(path))
     assert list(declared) == assigned  # papermill skips lines it cannot parse (e.g. a second "=")
+    assert notebooks.declared_parameters(path) == declared
     assert declared["PROFILE"]["default"] == '"demo"' and declared["RESULTS_DIR"]["default"] == "None"
     assert declared.get("TRAIN", {"default": "True"})["default"] == "True"
     assert book.metadata.kernelspec.name == notebooks.KERNEL_NAME

@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import sys
 import tempfile
 import time
@@ -271,7 +272,7 @@ def measure_real(args, width: float, bf16: bool, channels_last: bool, loop_rate:
     log(f"real run: {' '.join(command[1:])}")
     result = real_run.real_run(command, out, torch.get_num_threads(),
                                timeout_s=120 + 5 * (n_train + n_test) / loop_rate)
-    result["batches"] = batches
+    result["batches"] = math.ceil(result["images"] / batch)  # what it trained on (at least 50 images)
     if args.compile:
         notes.append("--compile: camri train does not compile, so its rate is not compared with the loop's")
     return result

@@ -64,8 +64,8 @@ def test_throughput_prints_one_json_line_per_configuration_and_updates_the_table
             assert math.isfinite(row[key]) and row[key] > 0, key
         assert 0 < row["eval_share_of_epoch"] < 1
         assert len(row["loadavg"]) == 3
-        # The real camri train trained on every image of its data set: 4 batches of 8, at least 50 images.
-        assert row["real_images"] == 50 and row["real_batches"] == 4
+        # The real camri train trained on every image of its data set: 4 batches of 8, but at least 50 images.
+        assert row["real_images"] == 50 and row["real_batches"] == 7
         # The timed calls trained on as many images as they counted: whole batches of the measured size.
         assert row["train_images_timed"] % row["measured_batch_size"] == 0
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # emulated bf16 is held to the float32 peak

@@ -8,8 +8,11 @@ In order, each step with its share of ``--budget-s`` (the device tool allows 600
 session has 15 minutes of device time in all, start-up included):
 
 1. ``benchmarks/throughput.py --device cuda``: the benchmark table (widths 1.0 and 0.25, float32/TF32 and
-   bf16 autocast, camri's loop against the conventional DataLoader loop, fraction of the measured peak),
-   written to ``OUT/performance-cuda.md`` to paste into docs/performance.md;
+   bf16 autocast, camri's loop (camri.loop, as ``camri train`` runs it) against a plain loop, the
+   conventional DataLoader loop and a real ``camri train`` of 200 batches of each shape, fraction of the
+   measured peak, the benchmark's self-checks), written to ``OUT/performance-cuda.md`` to paste into
+   docs/performance.md; a row that fails a check is listed there as rejected, and the step's exit status
+   (1) is logged;
 2. ``--concurrency 1,2,4,8`` (separate processes sharing the GPU) and ``--members 1,2,4,8`` (K seeds
    stacked in one model) at width 0.25 in bf16, and ``--members 1,2,4`` at width 1.0: whether the grid
    should train seeds stacked on a GPU (docs/performance.md, "K seeds as one stacked model");
@@ -116,6 +119,7 @@ def epoch_estimate(jsonl: Path, device: str, width: float) -> float | None:
     for line in jsonl.read_text().splitlines():
         row = json.loads(line)
         if (row.get("device") == device and row.get("width") == width and "cifar10_epoch_s" in row
+                and not row.get("errors")  # a row that failed the benchmark's checks is no estimate
                 and row.get("dtype") == ("bfloat16" if device == "cuda" else "float32")):
             return float(row["cifar10_epoch_s"])
     return None
@@ -222,21 +226,26 @@ def main(argv=None) -> int:
     py = [sys.executable, str(THROUGHPUT), "--device", args.device]
     tiny = (["--quick", "--widths", "0.0625", "--seconds", "0.05", "--batch-size", "8", "--threads", "1"]
             if args.quick else [])
-    # Shares of the budget: the table 30%, concurrency 15%, members 15%; the training runs get the rest.
+    # Shares of the budget: the table 40% (it includes a real camri train per row), concurrency 12%,
+    # members 12%; the training runs get the rest.
     budget = args.budget_s
+    table = tiny + ["--dtypes", "float32"] if args.quick else ["--real-run-batches", "200"]
     with open(jsonl, "a") as out:
-        run_step(log, py + tiny + ["--doc", str(args.out / f"performance-{args.device}.md"), "--pngs",
-                                   "64" if args.quick else "2048"], 0.30 * budget, out, bench_log)
+        rc = run_step(log, py + table + ["--doc", str(args.out / f"performance-{args.device}.md"), "--pngs",
+                                         "64" if args.quick else "2048"], 0.40 * budget, out, bench_log)
+        if rc != 0:
+            log(f"the benchmark table exited with status {rc} (1: a row failed its checks; see "
+                f"performance-{args.device}.md, 'Rejected', and throughput.log)")
         small = tiny or ["--widths", "0.25", "--seconds", "4"]
         run_step(log, py + small + ["--dtypes", "bfloat16" if args.device == "cuda" else "float32",
                                     "--concurrency", "1,2" if args.quick else "1,2,4,8",
-                                    "--worker-startup-s", "0" if args.quick else "15"], 0.15 * budget, out, bench_log)
+                                    "--worker-startup-s", "0" if args.quick else "15"], 0.12 * budget, out, bench_log)
         dtype = ["--dtypes", "bfloat16" if args.device == "cuda" else "float32"]
-        run_step(log, py + small + dtype + ["--members", "1,2" if args.quick else "1,2,4,8"], 0.10 * budget, out,
+        run_step(log, py + small + dtype + ["--members", "1,2" if args.quick else "1,2,4,8"], 0.08 * budget, out,
                  bench_log)
         if not args.quick:
             run_step(log, py + ["--widths", "1.0", "--seconds", "3"] + dtype + ["--members", "1,2,4"],
-                     0.05 * budget, out, bench_log)
+                     0.04 * budget, out, bench_log)
     if args.data:
         with tempfile.TemporaryDirectory(prefix="camri-gpu-") as scratch:
             scratch = Path(scratch)

@@ -31,10 +31,10 @@ from tqdm.auto import tqdm
 
 import camri
 from camri import data as camri_data
-from camri import rundir
+from camri import loop, rundir
 from camri.config import TrainConfig, add_arguments, from_args
 from camri.io import atomic_write
-from camri.losses import build_loss
+from camri.loop import NonFiniteLossError  # noqa: F401  (raised by Run.execute; camri.cli catches it)
 from camri.metrics import (
     angle_statistics,
     angles_deg,
@@ -42,15 +42,11 @@ from camri.metrics import (
     recall_per_class,
     relative_angle_variance,
 )
-from camri.models import Classifier, PaperCNN
+from camri.models import Classifier
 
 
 class ConfigMismatchError(ValueError):
     """An output directory already holds a run with another configuration."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the last good checkpoint is left as it was."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,11 +89,6 @@ def _git_commit() -> str | None:
         return None
 
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    # A fresh generator per (seed, epoch): the batch order needs no saved state to be resumed exactly.
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
 def _rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if device.type == "cuda":
@@ -125,15 +116,15 @@ class Run:
         # The last check of the config needs the data set's class names; nothing is written before it.
         self.config = config.replace(important=tuple(resolve_important(config.important, self.data.classes)))
         self.device = resolve_device(self.config.device)
-        cuda = self.device.type == "cuda"
-        self.amp = self.config.amp == "bf16" or (self.config.amp == "auto" and cuda)
+        self.amp = resolve_amp(self.config.amp, self.device)
         self.channels_last = resolve_channels_last(self.config.channels_last, self.device)
         if self.amp and self.device.type == "cpu" and not cpu_has_bf16():
             # Without bf16 kernels oneDNN emulates them: 17-23x slower than float32 (docs/performance.md).
             warnings.warn("--amp bf16 on a CPU without native bfloat16 support (no avx512_bf16/amx): oneDNN "
                           "falls back to slow kernels and training runs about 20x slower than float32. "
                           "Use --amp off (or auto) on this machine.", RuntimeWarning, stacklevel=2)
-        self._tensors: dict[str, torch.Tensor] | None = None
+        self._tensors: dict[str, torch.Tensor] = {}  # the data set on the device (_device_tensors)
+        self._tensors_of: tuple[torch.Tensor, ...] = ()  # ... made from these tensors of self.data
 
     # ---- files -------------------------------------------------------------------------------------
     def _check_existing_config(self) -> None:
@@ -172,98 +163,41 @@ class Run:
     def _write_metrics(self, rows: list[dict]) -> None:
         rundir.write_metrics(self.out, rows)
 
-    # ---- model -------------------------------------------------------------------------------------
-    def _build(self) -> tuple[Classifier, torch.optim.Optimizer]:
-        c = self.config
-        torch.manual_seed(c.seed)
-        np.random.seed(c.seed)
-        random.seed(c.seed)
-        backbone = PaperCNN(in_channels=self.data.image_shape[0], width=c.width, z_dim=c.z_dim,
-                            bn_momentum=c.bn_momentum)
-        head = build_loss(c.loss, self.data.num_classes, c.z_dim, important=c.important, margin=c.margin,
-                          scale=c.scale, weight=c.weight, fp_weight=c.fp_weight)
-        model = Classifier(backbone, head).to(self.device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model, torch.optim.Adam(model.parameters(), lr=c.lr)
+    # ---- model, training and evaluation: camri.loop on this run's data ------------------------------
+    @property
+    def placement(self) -> loop.Placement:
+        """Device, bf16 autocast and memory format as resolved (a resumed run keeps what it started with)."""
+        return loop.Placement(self.device, amp=self.amp, channels_last=self.channels_last)
+
+    def build_model(self) -> tuple[Classifier, torch.optim.Optimizer]:
+        """This run's model (seeded by its config) and optimiser: camri.loop.build_model."""
+        return loop.build_model(self.config, in_channels=self.data.image_shape[0],
+                                num_classes=self.data.num_classes, placement=self.placement)
 
     def _device_tensors(self) -> dict[str, torch.Tensor]:
         """The data set's uint8 images and labels on the training device, moved there once: on a GPU a
         batch is then gathered on the device, not on the CPU and copied from pageable memory every step
-        (CIFAR-10 is 180 MB as uint8). On the CPU these are the data set's own tensors (``to`` is a no-op)."""
-        if self._tensors is None:
-            d = self.data
-            self._tensors = {name: getattr(d, name).to(self.device)
-                             for name in ("x_train", "y_train", "x_test", "y_test")}
+        (CIFAR-10 is 180 MB as uint8). On the CPU these are the data set's own tensors (``to`` is a no-op).
+        The copy belongs to the tensors it was made from: replacing ``self.data`` (or one of its tensors)
+        makes a new one, so training never runs on a stale copy."""
+        names = ("x_train", "y_train", "x_test", "y_test")
+        source = tuple(getattr(self.data, name) for name in names)
+        if len(source) != len(self._tensors_of) or any(a is not b for a, b in zip(source, self._tensors_of)):
+            self._tensors = {name: t.to(self.device) for name, t in zip(names, source)}
+            self._tensors_of = source
         return self._tensors
 
-    def _inputs(self, x_uint8: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = camri_data.to_float(x_uint8.to(self.device, non_blocking=True))
-        if generator is not None:
-            x = camri_data.augment_batch(x, generator)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+    def train_epoch(self, model, optimizer, epoch: int, bar=None) -> loop.EpochResult:
+        """One epoch of camri.loop.train_epoch over this run's training set (``self.data`` as it is now)."""
+        c, tensors = self.config, self._device_tensors()
+        return loop.train_epoch(model, optimizer, tensors["x_train"], tensors["y_train"], batch_size=c.batch_size,
+                                seed=c.seed, epoch=epoch, placement=self.placement, augment=c.augment, progress=bar)
 
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
-
-    # ---- training and evaluation -------------------------------------------------------------------
-    def _train_epoch(self, model, optimizer, epoch: int, bar) -> tuple[float, float]:
-        c = self.config
-        model.train()
-        tensors = self._device_tensors()
-        x_all, y_all = tensors["x_train"], tensors["y_train"]
-        # The order is drawn on the CPU (the same on every device: seeded by (seed, epoch)), used on the device.
-        order = torch.randperm(len(y_all), generator=_epoch_generator(c.seed, epoch)).to(self.device)
-        augment_gen = _epoch_generator(c.seed + 7919, epoch) if c.augment else None
-        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        # The first non-finite step, tracked on the device so that no step waits for a host sync.
-        first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
-        steps = math.ceil(len(order) / c.batch_size)
-        for step in range(steps):
-            index = order[step * c.batch_size:(step + 1) * c.batch_size]
-            x = self._inputs(x_all[index], augment_gen)
-            y = y_all[index].to(self.device, non_blocking=True)
-            with self._autocast():
-                z = model(x)
-            loss = model.head(z, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                bad = ~torch.isfinite(loss)
-                first_bad = torch.where(bad & (first_bad < 0), torch.tensor(step, device=self.device), first_bad)
-                total_loss += loss.double() * len(y)
-                correct += (model.head.logits(z.detach()).argmax(1) == y).sum()
-            if step % 50 == 49 or step == steps - 1:
-                if first_bad.item() >= 0:
-                    raise NonFiniteLossError(
-                        f"the loss became NaN or inf at epoch {epoch}, step {first_bad.item() + 1} of {steps}; "
-                        f"stopped. The checkpoint of epoch {epoch - 1} in {self.out} is intact. "
-                        "Try a lower --lr or --scale, or --amp off.")
-                if bar is not None:
-                    bar.update(min(50, step % 50 + 1))
-                    bar.set_postfix(loss=f"{total_loss.item() / ((step + 1) * c.batch_size):.4f}")
-        n = len(order)
-        return total_loss.item() / n, correct.item() / n
-
-    @torch.no_grad()
     def evaluate(self, model) -> dict:
-        """Features, cosines, logits and loss of the whole test set (no margin in the logits)."""
-        model.eval()
+        """camri.loop.evaluate over this run's test set: features, cosines, logits and loss."""
         tensors = self._device_tensors()
-        features = []
-        for start in range(0, len(tensors["y_test"]), self.config.eval_batch_size):
-            x = self._inputs(tensors["x_test"][start:start + self.config.eval_batch_size])
-            with self._autocast():
-                features.append(model(x).float())
-        z = torch.cat(features)
-        y = tensors["y_test"]
-        head = model.head
-        logits = head.logits(z)
-        cosines = head.cosines(z)
-        # The test loss is the training objective (with its margin) on the test set, as Keras reports it.
-        return {"z": z, "labels": y, "logits": logits, "cosines": cosines, "loss": head(z, y).item()}
+        return loop.evaluate(model, tensors["x_test"], tensors["y_test"], batch_size=self.config.eval_batch_size,
+                             placement=self.placement)
 
     def _confusion(self, ev: dict) -> torch.Tensor:
         if "confusion" not in ev:  # once per evaluation: the last epoch's row and the summary share it
@@ -314,7 +248,7 @@ class Run:
         if rundir.is_finished(self.out):
             self._log(f"{self.out}: finished run with the same config found; skipping")
             return rundir.read_summary(self.out)
-        model, optimizer = self._build()  # builds the loss too: the last validation before any file
+        model, optimizer = self.build_model()  # builds the loss too: the last validation before any file
         history: list[dict] = []
         checkpoint_path = self.out / "checkpoint.pt"
         state = torch.load(checkpoint_path, map_location=self.device, weights_only=False) \
@@ -334,22 +268,29 @@ class Run:
             bar = None if self.quiet else tqdm(total=steps, desc=f"epoch {epoch}/{c.epochs}", leave=False,
                                                file=sys.stderr, dynamic_ncols=True)
             try:
-                train_loss, train_acc = self._train_epoch(model, optimizer, epoch, bar)
+                result = self.train_epoch(model, optimizer, epoch, bar)
+            except NonFiniteLossError as error:
+                raise NonFiniteLossError(f"{error} The checkpoint of epoch {epoch - 1} in {self.out} is intact. "
+                                         "Try a lower --lr or --scale, or --amp off.") from None
             finally:
                 if bar is not None:
                     bar.close()
+            eval_start = time.perf_counter()
             ev = self.evaluate(model)
-            row = self._epoch_row(epoch, train_loss, train_acc, ev, time.perf_counter() - start)
+            eval_s = time.perf_counter() - eval_start
+            row = self._epoch_row(epoch, result.loss, result.accuracy, ev, time.perf_counter() - start)
             history.append(row)
             atomic_write(checkpoint_path, lambda f: torch.save({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                 "rng": _rng_state(self.device), "history": history, "config": c.identity()}, f))
             self._write_metrics(history)
-            self._log(f"epoch {epoch}/{c.epochs}  loss {train_loss:.4f}  train acc {train_acc:.4f}  "
+            # The rates are what benchmarks/throughput.py reads back to check its own loop figures (EPOCH_RATES).
+            self._log(f"epoch {epoch}/{c.epochs}  loss {result.loss:.4f}  train acc {result.accuracy:.4f}  "
                       f"test acc {row['test_accuracy']:.4f}"
                       + "".join(f"  recall[{self.data.classes[i]}] {row[f'recall_{self.data.classes[i]}']:.4f}"
                                 for i in c.important)
-                      + f"  ({row['seconds']:.1f} s)")
+                      + f"  ({row['seconds']:.1f} s; training {result.images} images at {result.images_per_s:.1f} "
+                        f"img/s, evaluation {ev['images']} at {ev['images'] / max(eval_s, 1e-9):.1f} img/s)")
         if ev is None:  # every epoch was done before a crash between the last checkpoint and summary.json
             ev = self.evaluate(model)
         return self._finish(ev, history, sum(r["seconds"] for r in history))
@@ -357,6 +298,13 @@ class Run:
     def _log(self, message: str) -> None:
         if not self.quiet:
             tqdm.write(message, file=sys.stderr)
+
+
+def resolve_amp(setting: str, device: torch.device) -> bool:
+    """bf16 autocast: "bf16" on, "off" off, "auto" on for CUDA only. On a CPU "auto" stays float32, with
+    or without native bf16 kernels: where bf16 is emulated it trains ~20x slower (docs/performance.md), and
+    on a native-bf16 CPU the switch awaits the measurement docs/performance.md ("bf16 on the CPU") asks for."""
+    return setting == "bf16" or (setting == "auto" and device.type == "cuda")
 
 
 def resolve_channels_last(setting: str, device: torch.device) -> bool:

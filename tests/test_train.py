@@ -134,7 +134,7 @@ def test_kill_and_resume_equals_uninterrupted(digits, tmp_path):
 def test_angle_statistics_match_hand_computation(digits, tmp_path):
     summary = train(tiny(loss="arcface"), tmp_path, quiet=True, dataset=digits)
     run = Run(tiny(loss="arcface"), tmp_path, quiet=True, dataset=digits)
-    model, _ = run._build()
+    model, _ = run.build_model()
     model.load_state_dict(torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"])
     model.eval()
     with torch.no_grad():
@@ -219,14 +219,14 @@ def test_channels_last_by_default_and_a_run_resumes_in_the_format_it_started_wit
     train(tiny(channels_last="off"), tmp_path / "nchw", quiet=True, dataset=digits)
 
     # An "auto" run started by a camri whose CPU default was NCHW, interrupted during epoch 2.
-    original = Run._train_epoch
+    original = Run.train_epoch
 
-    def interrupted_in_epoch_2(self, model, optimizer, epoch, bar):
+    def interrupted_in_epoch_2(self, model, optimizer, epoch, bar=None):
         if epoch == 2:
             raise KeyboardInterrupt
         return original(self, model, optimizer, epoch, bar)
 
-    monkeypatch.setattr(Run, "_train_epoch", interrupted_in_epoch_2)
+    monkeypatch.setattr(Run, "train_epoch", interrupted_in_epoch_2)
     old = Run(tiny(), tmp_path / "old", quiet=True, dataset=digits)
     old.channels_last = False
     with pytest.raises(KeyboardInterrupt):

@@ -44,9 +44,15 @@ def angle_statistics(theta_deg: torch.Tensor, labels: torch.Tensor, num_classes:
 
 
 def relative_angle_variance(variances: list[float], important) -> dict[str, float]:
-    """{str(c): var_c / mean of the other classes' variances} for each important class c."""
+    """{str(c): var_c / mean of the other classes' variances} for each important class c.
+
+    Classes with a NaN variance (no test samples) are left out of the mean. The ratio is NaN where it is
+    undefined: c has no test samples, no other class has any, or the other classes' mean variance is 0
+    (every other class has a single test sample, or all its angles are equal).
+    """
     result = {}
     for c in important:
         others = [v for k, v in enumerate(variances) if k != c and not math.isnan(v)]
-        result[str(c)] = variances[c] / (sum(others) / len(others)) if others else math.nan
+        mean_others = sum(others) / len(others) if others else 0.0
+        result[str(c)] = variances[c] / mean_others if mean_others > 0 else math.nan
     return result

@@ -5,12 +5,12 @@ The metadata is built by setuptools' own PEP 517 hook in a fresh interpreter, on
 build reads, so nothing is written into the checkout and no multi-minute install is needed."""
 
 import json
+import shutil
 import subprocess
 import sys
 import tomllib
 from email.parser import Parser
 from pathlib import Path
-import shutil
 
 REPO = Path(__file__).resolve().parent.parent
 

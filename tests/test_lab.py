@@ -52,14 +52,20 @@ def test_a_busy_port_is_refused_with_the_fix():
         lab.check_port(70000)
 
 
-def test_make_lab_passes_port_ip_and_no_browser():
-    proc = subprocess.run(["make", "-n", "-W", "pyproject.toml", "lab", "PORT=8899", "IP=0.0.0.0", "NO_BROWSER=1"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+def make_dry_run(*args: str) -> str:
+    """The last command `make -n ARGS` would run (pretending pyproject.toml is new, so the venv step is only
+    printed). Under `make test` this is a sub-make: its parent's flags are not passed on."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    proc = subprocess.run(["make", "--no-print-directory", "-n", "-W", "pyproject.toml", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == ".venv/bin/camri lab --port 8899 --ip 0.0.0.0 --no-browser"
-    proc = subprocess.run(["make", "-n", "-W", "pyproject.toml", "lab"], cwd=REPO, capture_output=True, text=True,
-                          timeout=60)
-    assert proc.stdout.strip().splitlines()[-1] == ".venv/bin/camri lab --port 8888 --ip localhost"
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def test_make_lab_passes_port_ip_and_no_browser():
+    assert make_dry_run("lab", "PORT=8899", "IP=0.0.0.0", "NO_BROWSER=1") == (
+        ".venv/bin/camri lab --port 8899 --ip 0.0.0.0 --no-browser")
+    assert make_dry_run("lab") == ".venv/bin/camri lab --port 8888 --ip localhost"
 
 
 def _get(url: str, token: str, method: str = "GET"):

@@ -7,6 +7,9 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 PROFILE ?= demo
+# make lab: PORT=8890 for another port, NO_BROWSER=1 on a remote machine, IP=0.0.0.0 in a container
+PORT ?= 8888
+IP ?= localhost
 
 .PHONY: reproduce test lab figures clean-venv
 
@@ -28,7 +31,7 @@ figures: $(STAMP)
 	$(VENV)/bin/camri figures --profile $(PROFILE)
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/camri lab --port $(PORT) --ip $(IP)$(if $(NO_BROWSER), --no-browser)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -9,7 +9,7 @@ import sys
 import camri
 
 # Modules with a subcommand, in the order of `camri --help`.
-COMMAND_MODULES = ("camri.train", "camri.data", "camri.grid", "camri.status", "camri.reproduce")
+COMMAND_MODULES = ("camri.train", "camri.data", "camri.grid", "camri.status", "camri.reproduce", "camri.lab")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,21 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-# camri.train's progress bars come from tqdm.auto, which inside a notebook asks for ipywidgets and falls
-# back to text bars with a warning in every executed notebook: the text bars are what we want.
-warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
-
-from camri import data as camri_data  # noqa: E402
-from camri import grid, rundir  # noqa: E402
-from camri.analysis import markdown_table  # noqa: E402
-from camri.io import atomic_write_text  # noqa: E402
-from camri.notebooks import profile_argument  # noqa: E402
-from camri.profile import Profile, load_profile, profile_dir, restrict  # noqa: E402
-from camri.sweep import STAGES, RunSpec, choose_important, expand, fig3_specs  # noqa: E402
+from camri import data as camri_data
+from camri import grid, rundir
+from camri.analysis import markdown_table
+from camri.io import atomic_write_text
+from camri.notebooks import profile_argument
+from camri.profile import Profile, load_profile, profile_dir, restrict
+from camri.sweep import STAGES, RunSpec, choose_important, expand, fig3_specs
 
 
 class MissingRunsError(RuntimeError):

@@ -36,3 +36,10 @@ def test_torch_bounds_admit_the_development_versions():
 
     assert "2.14.1" in SpecifierSet(specs["torch"])
     assert "0.29.1" in SpecifierSet(specs["torchvision"])
+
+
+def test_environment_yml_resolves_from_conda_forge_only():
+    # The pytorch channel stopped at 2.5 (pytorch/pytorch#138506); conda-forge builds the current versions.
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert env["channels"][0] == "conda-forge"
+    assert "pytorch" not in env["channels"] and "defaults" not in env["channels"]

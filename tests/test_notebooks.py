@@ -212,6 +212,26 @@ def test_every_notebook_executed_under_papermill_with_the_profile(smoke, stem):
     assert not [o for o in outputs if "IProgress" in o.get("text", "")]
 
 
+# The notebooks with an interactive explorer (camri.explore), and the class each one's widget cell shows.
+EXPLORERS = {"05_angles": "AngleExplorer", "07_fig2_loss_contours": "LossExplorer"}
+
+
+@pytest.mark.parametrize("stem", sorted(EXPLORERS))
+def test_the_widget_cells_render_their_initial_state_under_papermill(smoke, stem):
+    book = nbformat.read(smoke.out / "notebooks" / f"{stem}.ipynb", as_version=4)
+    cells = [c for c in book.cells if c.cell_type == "code" and f"explore.{EXPLORERS[stem]}(" in c.source]
+    assert len(cells) == 1
+    assert [o.output_type for o in cells[0].outputs] == ["execute_result"]  # no error, no stray output
+    view = cells[0].outputs[0].data["application/vnd.jupyter.widget-view+json"]
+    # The widget state papermill stores with the notebook: the explorer's Output holds its first figure.
+    state = book.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
+    assert view["model_id"] in state
+    shown = [o for model in state.values() if model["model_name"] == "OutputModel"
+             for o in model["state"]["outputs"]]
+    assert [o["output_type"] for o in shown] == ["display_data"]
+    assert "image/png" in shown[0]["data"]
+
+
 def test_figures_are_png_and_pdf_images(smoke):
     for stem in FIGURES:
         png, pdf = smoke.out / "figures" / f"{stem}.png", smoke.out / "figures" / f"{stem}.pdf"

@@ -10,6 +10,7 @@
 #   scripts/slurm-local.sh down     cancel this cluster's jobs, stop the daemons this script started
 #   scripts/slurm-local.sh status   the daemons, their PIDs, sinfo; exit 0 when the cluster is up
 #   scripts/slurm-local.sh env      the line to paste into a shell to use the cluster: export SLURM_CONF=...
+#   scripts/slurm-local.sh missing  the packages still to install (none: nothing printed)
 #   scripts/slurm-local.sh purge    down, then delete the cluster's folder (config, accounting database)
 #
 # Settings (environment):
@@ -181,13 +182,17 @@ AccountingStoragePort=$((PORT + 2))
 AccountingStoragePass=$socket
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
+# A requeued job becomes eligible ~11 s later (cred_expire); without a short interval nothing schedules it
+# until the next periodic pass (default 60 s; backfill 30 s).
+SchedulerParameters=sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault=none
 MailProg=/bin/true
 ReturnToService=2
-# Fast turnaround for tests: a killed job's processes get SIGKILL 5 s after SIGTERM.
-KillWait=5
+# Fast turnaround for tests: a cancelled or requeued job's processes get SIGKILL 2 s after SIGTERM
+# (submitit ignores SIGTERM; real clusters wait 30 s or more).
+KillWait=2
 MinJobAge=30
 SlurmctldTimeout=30
 SlurmdTimeout=60
@@ -370,6 +375,7 @@ case ${1:-} in
     down) down ;;
     status) status ;;
     env) echo "export SLURM_CONF=$SLURM_CONF" ;;
+    missing) missing_packages ;;
     purge) down; rm -rf "$DIR"; say "removed $DIR" ;;
-    *) echo "usage: $0 up|down|status|env|purge   (settings: see the top of this script)" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|status|env|missing|purge   (settings: see the top of this script)" >&2; exit 2 ;;
 esac

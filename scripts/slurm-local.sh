@@ -305,7 +305,7 @@ up() {
         if [ -z "$(live_pid "$name")" ]; then
             "start_$name"
         fi
-        [ "$name" = slurmdbd ] && register_accounting
+        if [ "$name" = slurmdbd ]; then register_accounting; fi
     done
     # ReturnToService=2: a node left down by an earlier session comes back when its slurmd registers.
     if ! wait_for "$TIMEOUT_S" "the node to be idle (sinfo)" node_idle; then

@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh Linux machine with Python 3.11:
 #   make reproduce   the demo reproduction (embedded digits data set, CPU, minutes)
-#   make test        the linter (ruff check) and the test suite
+#   make test        the linter (ruff check) and the test suite (as root also on a one-node SLURM cluster:
+#                    docs/scale-out.md)
 # Both create or update .venv from pyproject.toml when it is missing or older than pyproject.toml.
 
 PYTHON ?= python3.11
@@ -23,9 +24,11 @@ $(STAMP): pyproject.toml
 reproduce: $(STAMP)
 	$(VENV)/bin/camri reproduce --profile $(PROFILE)
 
+# The slurm-marked tests run on a one-node SLURM cluster: scripts/with-slurm.sh starts it (as root) and stops
+# it after pytest, also when tests fail; without root they skip. CAMRI_SLURM=0 starts nothing.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest
+	scripts/with-slurm.sh $(VENV)/bin/python -m pytest
 
 figures: $(STAMP)
 	$(VENV)/bin/camri figures --profile $(PROFILE)

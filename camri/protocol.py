@@ -81,6 +81,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from camri import posthoc
 from camri.io import atomic_write_text, read_json
 
 # loss name → display name, in the order methods are listed everywhere.
@@ -565,14 +566,6 @@ def paired_comparisons(selections: pd.DataFrame, *, method: str = "CAMRI",
 
 # ---- beyond the paper: post-hoc threshold tuning -------------------------------------------------------
 
-def _gap(logits: np.ndarray, class_index: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per sample: (best other logit − logit of class_index, index of that best other class)."""
-    others = np.delete(logits, class_index, axis=1)
-    best_other = others.argmax(axis=1)
-    best_other += best_other >= class_index  # back to the full class index
-    return others.max(axis=1) - logits[:, class_index], best_other
-
-
 def _default_biases(gaps: np.ndarray, points: int = 201) -> np.ndarray:
     # Quantiles of the gaps put the grid where predictions change; 0 is the plain model; below the smallest
     # gap no sample goes to the class (recall 0), above the largest every sample does (recall 1).
@@ -589,21 +582,11 @@ def threshold_curve(logits: np.ndarray, labels: np.ndarray, class_index: int,
     does (lowest class index), so bias 0 reproduces the plain prediction. Returns columns bias, recall,
     accuracy, sorted by bias; recall is NaN when no sample is of the class.
     """
-    logits = np.asarray(logits, dtype=np.float64)
-    labels = np.asarray(labels)
-    if logits.ndim != 2 or labels.shape != (logits.shape[0],):
-        raise ValueError(f"logits must be (N, K) and labels (N,); got {logits.shape} and {labels.shape}")
-    if not 0 <= class_index < logits.shape[1]:
-        raise ValueError(f"class_index must be in [0, {logits.shape[1]}); got {class_index}")
-    gap, best_other = _gap(logits, class_index)
-    biases = np.sort(np.asarray(biases, dtype=np.float64)) if biases is not None else _default_biases(gap)
-    # (N, B): is class_index predicted at each bias? On an exact tie it wins only if its index is lower.
-    wins = (biases[None, :] > gap[:, None]) | ((biases[None, :] == gap[:, None])
-                                               & (class_index < best_other)[:, None])
-    target = labels == class_index
-    correct = np.where(wins, target[:, None], (best_other == labels)[:, None])
-    recall = wins[target].mean(axis=0) if target.any() else np.full(len(biases), np.nan)
-    return pd.DataFrame({"bias": biases, "recall": recall, "accuracy": correct.mean(axis=0)})
+    if biases is None:
+        biases = _default_biases(posthoc.gaps(logits, class_index)[0])
+    biases = np.sort(np.asarray(biases, dtype=np.float64))
+    recall, accuracy = posthoc.bias_outcomes(logits, labels, class_index, biases)
+    return pd.DataFrame({"bias": biases, "recall": recall, "accuracy": accuracy})
 
 
 def ce_threshold_curve(runs: pd.DataFrame, dataset: str, class_index: int,
@@ -620,7 +603,7 @@ def ce_threshold_curve(runs: pd.DataFrame, dataset: str, class_index: int,
         with np.load(Path(path) / "angles.npz") as npz:
             arrays.append((npz["logits"].astype(np.float64), npz["labels"]))
     if biases is None:
-        biases = _default_biases(np.concatenate([_gap(logits, class_index)[0] for logits, _ in arrays]))
+        biases = _default_biases(np.concatenate([posthoc.gaps(logits, class_index)[0] for logits, _ in arrays]))
     curves = [threshold_curve(logits, labels, class_index, biases) for logits, labels in arrays]
     mean = pd.concat(curves).groupby("bias", as_index=False)[["recall", "accuracy"]].mean()
     return mean.assign(n_seeds=len(curves))

@@ -45,12 +45,12 @@ Table 1
     ``table1_latex(table)``: strings. ``write_table1(table, out_dir) -> {"csv"|"md"|"tex": Path}``:
     table1.csv, table1.md and table1.tex, each written atomically.
     ``paper_table1() -> DataFrame``: the paper's numbers (dataset, important, method, recall, accuracy).
-Beyond the paper (``camri.posthoc``)
-    ``paired_gain(a, b, confidence=0.95) -> dict`` and ``paired_comparisons(selections, ...)``: recall gain
-    of CAMRI over CE and over ArcFace on the seeds both have, with a t confidence interval.
-    ``threshold_curve(logits, labels, class_index, biases=None) -> DataFrame`` and
-    ``ce_threshold_curve(runs, dataset, class_index, biases=None)``: recall–accuracy curve of adding a bias
-    to the important class's logit of a CE model.
+Beyond the paper (``camri.significance``, ``camri.posthoc``, ``camri.claims``)
+    ``significance.paired_difference(a, b)`` and ``significance.paired_comparisons(selections, ...)``: a
+    method against another on the seeds both have, with a 95 % interval (t; bootstrap from 10 pairs).
+    ``posthoc.tune_bias`` / ``posthoc.threshold_curve`` / ``posthoc.ce_threshold_curve``: a bias on the
+    important class's logit after training (the CE+bias baseline and the trade-off curve).
+    ``claims.check_claims(selections, important)``: the paper's claims, verdict by verdict (claims.md).
 Formatting
     ``format_margin(radians, denominator=64) -> str`` ("4π/64"), ``format_hyperparameters(loss, run)``,
     ``display_dataset(name)`` ("cifar10" → "CIFAR-10").

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from camri import posthoc, protocol
+from camri import posthoc, protocol, significance
 
 K = 6
 CLASSES = [f"c{i}" for i in range(K)]
@@ -278,27 +278,16 @@ def test_paper_table1_is_carried_as_data():
 
 # ---- beyond the paper ----------------------------------------------------------------------------------
 
-def test_paired_gain_against_hand_computation():
-    # Pairs on seeds 0, 1, 2 (3 and 5 are unpaired): gains 0.1, 0, 0.1 → mean 1/15, sample var 1/300.
-    gain = posthoc.paired_gain({0: 0.8, 1: 0.7, 2: 0.9, 3: 0.6}, {0: 0.7, 1: 0.7, 2: 0.8, 5: 0.1})
-    t = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # t quantile 0.975 with 2 degrees of freedom, closed form
-    half = t * math.sqrt(1 / 300) / math.sqrt(3)
-    assert gain["n_pairs"] == 3 and gain["gain_mean"] == pytest.approx(1 / 15)
-    assert (gain["ci_low"], gain["ci_high"]) == pytest.approx((1 / 15 - half, 1 / 15 + half))
-    single = posthoc.paired_gain({0: 0.8}, {0: 0.5})
-    assert single["gain_mean"] == pytest.approx(0.3) and math.isnan(single["ci_low"])
-
-
 def test_paired_comparisons_pair_the_chosen_settings_by_seed(grid):
     runs = protocol.load_runs(grid)
-    pairs = posthoc.paired_comparisons(protocol.select_all(runs, min_seeds=3))
+    pairs = significance.paired_comparisons(protocol.select_all(runs, min_seeds=3))
     worst1 = pairs[pairs["role"] == "worst1"].set_index("versus")
     # CAMRI k=4 recall 0.6/0.7/0.8 vs CE 0.5/0.6/0.4 → gains 0.1, 0.1, 0.4;
     # vs ArcFace 0.5/0.55/0.6 → gains 0.1, 0.15, 0.2.
-    assert worst1.at["CE", "n_pairs"] == 3 and worst1.at["CE", "gain_mean"] == pytest.approx(0.2)
-    assert (worst1.at["ArcFace", "gain_mean"], worst1.at["ArcFace", "gain_std"]) == pytest.approx((0.15, 0.05))
+    assert worst1.at["CE", "n_pairs"] == 3 and worst1.at["CE", "diff_mean"] == pytest.approx(0.2)
+    assert (worst1.at["ArcFace", "diff_mean"], worst1.at["ArcFace", "diff_std"]) == pytest.approx((0.15, 0.05))
     assert set(pairs["role"]) == {"worst1"}  # the other cells have no CAMRI
-    one_seed = posthoc.paired_comparisons(protocol.select_all(runs)).set_index("versus")
+    one_seed = significance.paired_comparisons(protocol.select_all(runs)).set_index("versus")
     assert one_seed.at["CE", "n_pairs"] == 1 and math.isnan(one_seed.at["CE", "ci_high"])
 
 

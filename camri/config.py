@@ -86,6 +86,12 @@ class TrainConfig(Model):
     image_size: PositiveInt | None = Field(None, description="data sets that are resized (gtsrb, awa2); "
                                            "default: theirs")
     eval_batch_size: PositiveInt = 1024
+    # The protocol selects on a validation split (docs/protocol.md); 0 trains on the whole training set and
+    # leaves only the test set, as the paper does (selection: test).
+    validation_fraction: Number = Field(0.1, ge=0, lt=0.5, description="stratified share of the training "
+                                        "set held out for selection (0: none, the paper's protocol)")
+    split_seed: Annotated[StrictInt, Field(ge=0)] = Field(0, description="seed of the validation split; the "
+                                                          "same for every method and seed of a profile")
     data_dir: str | None = Field(None, description="data directory (default $CAMRI_DATA_DIR or data/); "
                                  "not part of the run's identity")
 
@@ -128,6 +134,16 @@ class TrainConfig(Model):
         fields = self.to_json()
         fields.pop("data_dir")
         return fields
+
+
+# Fields added after runs were first written, with the value that reproduces those runs: a stored config
+# without the field is read with it (docs/run-format.md), so old results keep their identity.
+LEGACY_VALUES = {"validation_fraction": 0.0, "split_seed": 0}
+
+
+def with_legacy_values(stored: dict) -> dict:
+    """A stored config (JSON form) with the fields it predates filled in by ``LEGACY_VALUES``."""
+    return {**LEGACY_VALUES, **stored}
 
 
 def describe_errors(error: ValidationError, where: str = "") -> str:

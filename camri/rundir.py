@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from camri.config import with_legacy_values
 from camri.io import atomic_write, atomic_write_json, atomic_write_text, read_json
 
 CONFIG = "config.json"
@@ -90,7 +91,7 @@ def write_config(run_dir: PathLike, config: dict, *, classes: list[str], segment
 def config_conflicts(record: dict, identity: dict) -> dict[str, tuple[Any, Any]]:
     """``{field: (stored, mine)}`` for each field of ``identity`` (``TrainConfig.identity()``) that the
     stored config.json ``record`` holds differently; empty when the run directory may be resumed."""
-    stored = record.get("config", {})
+    stored = with_legacy_values(record.get("config", {}))
     return {key: (stored.get(key), value) for key, value in identity.items() if stored.get(key) != value}
 
 

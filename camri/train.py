@@ -111,8 +111,10 @@ class Run:
                  dataset: camri_data.DataSet | None = None):
         self.out = Path(out_dir)
         self.quiet = quiet
-        self.data = dataset if dataset is not None else camri_data.load(
+        loaded = dataset if dataset is not None else camri_data.load(
             config.dataset, data_dir=config.data_dir, image_size=config.image_size)
+        # The validation split is carved here, from the config, so every run of a profile has the same one.
+        self.data = loaded.with_validation(config.validation_fraction, config.split_seed)
         # The last check of the config needs the data set's class names; nothing is written before it.
         self.config = config.replace(important=tuple(resolve_important(config.important, self.data.classes)))
         self.device = resolve_device(self.config.device)
@@ -180,7 +182,7 @@ class Run:
         (CIFAR-10 is 180 MB as uint8). On the CPU these are the data set's own tensors (``to`` is a no-op).
         The copy belongs to the tensors it was made from: replacing ``self.data`` (or one of its tensors)
         makes a new one, so training never runs on a stale copy."""
-        names = ("x_train", "y_train", "x_test", "y_test")
+        names = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
         source = tuple(getattr(self.data, name) for name in names)
         if len(source) != len(self._tensors_of) or any(a is not b for a, b in zip(source, self._tensors_of)):
             self._tensors = {name: t.to(self.device) for name, t in zip(names, source)}
@@ -193,51 +195,68 @@ class Run:
         return loop.train_epoch(model, optimizer, tensors["x_train"], tensors["y_train"], batch_size=c.batch_size,
                                 seed=c.seed, epoch=epoch, placement=self.placement, augment=c.augment, progress=bar)
 
-    def evaluate(self, model) -> dict:
-        """camri.loop.evaluate over this run's test set: features, cosines, logits and loss."""
+    def evaluate(self, model, split: str = "test") -> dict | None:
+        """camri.loop.evaluate over this run's ``split`` ("test" or "val"): features, cosines, logits and
+        loss; None for a split without images (no validation split)."""
         tensors = self._device_tensors()
-        return loop.evaluate(model, tensors["x_test"], tensors["y_test"], batch_size=self.config.eval_batch_size,
-                             placement=self.placement)
+        if not len(tensors[f"y_{split}"]):
+            return None
+        return loop.evaluate(model, tensors[f"x_{split}"], tensors[f"y_{split}"],
+                             batch_size=self.config.eval_batch_size, placement=self.placement)
 
     def _confusion(self, ev: dict) -> torch.Tensor:
         if "confusion" not in ev:  # once per evaluation: the last epoch's row and the summary share it
             ev["confusion"] = confusion_matrix(ev["labels"].cpu(), ev["logits"].argmax(1).cpu(), self.data.num_classes)
         return ev["confusion"]
 
-    def _epoch_row(self, epoch, train_loss, train_acc, ev, seconds) -> dict:
-        confusion = self._confusion(ev)
-        recall = recall_per_class(confusion)
-        row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-               "test_loss": ev["loss"], "test_accuracy": confusion.diagonal().sum().item() / confusion.sum().item()}
-        row.update({f"recall_{name}": recall[i].item() for i, name in enumerate(self.data.classes)})
+    def _epoch_row(self, epoch, train_loss, train_acc, ev, ev_val, seconds) -> dict:
+        row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc}
+        # Test columns keep their original names (test_*, recall_<class>); validation ones are prefixed val_.
+        for prefix, recall_prefix, split in (("test_", "recall_", ev), ("val_", "val_recall_", ev_val)):
+            if split is None:
+                continue
+            confusion = self._confusion(split)
+            recall = recall_per_class(confusion)
+            row[f"{prefix}loss"] = split["loss"]
+            row[f"{prefix}accuracy"] = confusion.diagonal().sum().item() / confusion.sum().item()
+            row.update({f"{recall_prefix}{name}": recall[i].item() for i, name in enumerate(self.data.classes)})
         row["seconds"] = round(seconds, 3)
         return row
 
-    def _finish(self, ev: dict, history: list[dict], seconds: float) -> dict:
+    def _split_summary(self, ev: dict) -> tuple[dict, dict[str, np.ndarray]]:
+        """One split's summary fields (accuracy, recall, confusion, angle statistics, loss) and its arrays
+        for angles.npz (theta_deg, labels, logits)."""
         k = self.data.num_classes
         labels = ev["labels"].cpu()
         confusion = self._confusion(ev)
         theta = angles_deg(ev["cosines"].cpu(), labels)
         means, variances = angle_statistics(theta, labels, k)
-        arrays = {"theta_deg": theta.float().numpy(), "labels": labels.numpy(),
-                  "logits": ev["logits"].float().cpu().numpy()}
-        if self.config.z_dim == 2:
-            arrays["features2d"] = ev["z"].float().cpu().numpy()
-        rundir.write_angles(self.out, arrays)
-        summary = {
-            "dataset": self.config.dataset, "loss": self.config.loss, "seed": self.config.seed,
-            "classes": self.data.classes, "important": list(self.config.important),
-            "config": self.config.to_json(),
+        fields = {
             "accuracy": confusion.diagonal().sum().item() / confusion.sum().item(),
             "recall": recall_per_class(confusion).tolist(),
             "confusion": confusion.tolist(),
             "angle_mean_deg": means, "angle_var_deg2": variances,
-            "relative_angle_variance": relative_angle_variance(
-                variances, self.config.important or range(k)),
-            "test_loss": ev["loss"],
-            "epochs_completed": len(history),
-            "seconds": round(seconds, 3),
+            "relative_angle_variance": relative_angle_variance(variances, self.config.important or range(k)),
         }
+        arrays = {"theta_deg": theta.float().numpy(), "labels": labels.numpy(),
+                  "logits": ev["logits"].float().cpu().numpy()}
+        return fields, arrays
+
+    def _finish(self, ev: dict, ev_val: dict | None, history: list[dict], seconds: float) -> dict:
+        test, arrays = self._split_summary(ev)
+        if self.config.z_dim == 2:
+            arrays["features2d"] = ev["z"].float().cpu().numpy()
+        summary = {
+            "dataset": self.config.dataset, "loss": self.config.loss, "seed": self.config.seed,
+            "classes": self.data.classes, "important": list(self.config.important),
+            "config": self.config.to_json(), **test, "test_loss": ev["loss"],
+        }
+        if ev_val is not None:
+            validation, val_arrays = self._split_summary(ev_val)
+            summary["validation"] = {**validation, "loss": ev_val["loss"], "images": len(self.data.y_val)}
+            arrays.update({f"val_{name}": value for name, value in val_arrays.items()})
+        summary.update({"epochs_completed": len(history), "seconds": round(seconds, 3)})
+        rundir.write_angles(self.out, arrays)
         rundir.write_summary(self.out, summary)  # last: its presence means "finished"
         return summary
 
@@ -262,7 +281,7 @@ class Run:
             self._write_metrics(history)  # metrics.csv may be one epoch behind the checkpoint
             self._log(f"{self.out}: resuming after epoch {state['epoch']} of {c.epochs}")
         steps = math.ceil(len(self.data.y_train) / c.batch_size)
-        ev = None
+        ev = ev_val = None
         for epoch in range(len(history) + 1, c.epochs + 1):
             start = time.perf_counter()
             bar = None if self.quiet else tqdm(total=steps, desc=f"epoch {epoch}/{c.epochs}", leave=False,
@@ -277,8 +296,9 @@ class Run:
                     bar.close()
             eval_start = time.perf_counter()
             ev = self.evaluate(model)
-            eval_s = time.perf_counter() - eval_start
-            row = self._epoch_row(epoch, result.loss, result.accuracy, ev, time.perf_counter() - start)
+            eval_s = time.perf_counter() - eval_start  # the test set's: what the benchmark compares
+            ev_val = self.evaluate(model, "val")
+            row = self._epoch_row(epoch, result.loss, result.accuracy, ev, ev_val, time.perf_counter() - start)
             history.append(row)
             atomic_write(checkpoint_path, lambda f: torch.save({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
@@ -292,8 +312,8 @@ class Run:
                       + f"  ({row['seconds']:.1f} s; training {result.images} images at {result.images_per_s:.1f} "
                         f"img/s, evaluation {ev['images']} at {ev['images'] / max(eval_s, 1e-9):.1f} img/s)")
         if ev is None:  # every epoch was done before a crash between the last checkpoint and summary.json
-            ev = self.evaluate(model)
-        return self._finish(ev, history, sum(r["seconds"] for r in history))
+            ev, ev_val = self.evaluate(model), self.evaluate(model, "val")
+        return self._finish(ev, ev_val, history, sum(r["seconds"] for r in history))
 
     def _log(self, message: str) -> None:
         if not self.quiet:

@@ -165,15 +165,15 @@ def test_two_dimensional_features_are_stored(digits, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(digits, tmp_path, monkeypatch):
-    steps = math.ceil(len(digits.y_train) / 64)
+    steps = math.ceil(len(digits.with_validation(0.1).y_train) / 64)  # the run trains on the rest
     calls = {"n": 0}
     original = LinearHead.per_sample_loss
 
     def poisoned(self, logits, targets):
         calls["n"] += 1
         loss = original(self, logits, targets)
-        # epoch 1 = `steps` training calls + 1 evaluation call; then step 5 of epoch 2 goes bad
-        return loss * float("nan") if calls["n"] == steps + 1 + 5 else loss
+        # epoch 1 = `steps` training calls + 2 evaluation calls (test, validation); then step 5 of epoch 2
+        return loss * float("nan") if calls["n"] == steps + 2 + 5 else loss
 
     monkeypatch.setattr(LinearHead, "per_sample_loss", poisoned)
     with pytest.raises(NonFiniteLossError, match=rf"epoch 2, step 5 of {steps}"):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -17,6 +18,8 @@ class DataSet:
     """One data set in memory.
 
     ``x_train``: uint8 N×C×H×W, ``y_train``: int64 N (same for test); ``classes[k]`` names label k.
+    ``x_val`` / ``y_val``: the validation split carved from the training set (``with_validation``), empty
+    (0 images) until then.
     """
 
     name: str
@@ -25,6 +28,13 @@ class DataSet:
     x_test: torch.Tensor
     y_test: torch.Tensor
     classes: list[str]
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.x_val is None:
+            self.x_val = self.x_train[:0]
+            self.y_val = self.y_train[:0]
 
     @property
     def num_classes(self) -> int:
@@ -37,8 +47,40 @@ class DataSet:
 
     def __repr__(self) -> str:
         # The default dataclass repr would print every pixel.
-        return (f"DataSet(name={self.name!r}, train={len(self.y_train)}, test={len(self.y_test)}, "
-                f"image_shape={self.image_shape}, num_classes={self.num_classes})")
+        return (f"DataSet(name={self.name!r}, train={len(self.y_train)}, val={len(self.y_val)}, "
+                f"test={len(self.y_test)}, image_shape={self.image_shape}, num_classes={self.num_classes})")
+
+    def with_validation(self, fraction: float, seed: int = 0) -> DataSet:
+        """This data set with a stratified ``fraction`` of its training images moved to the validation split.
+
+        The split depends only on the training labels, ``fraction`` and ``seed`` (not on a run's seed), so
+        every method and seed of a profile trains on the same images and is selected on the same ones.
+        ``fraction`` 0 leaves the data set as it is (no validation split: the paper's protocol).
+        """
+        if not 0 <= fraction < 1:
+            raise ValueError(f"validation_fraction must be in [0, 1); got {fraction}")
+        if fraction == 0:
+            return self
+        if len(self.y_val):
+            raise ValueError(f"{self.name} already has a validation split of {len(self.y_val)} images")
+        train, val = stratified_split(self.y_train.numpy(), fraction, seed, what=f"{self.name}'s training set")
+        return replace(self, x_train=self.x_train[train], y_train=self.y_train[train],
+                       x_val=self.x_train[val], y_val=self.y_train[val])
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int, *,
+                     what: str = "the data") -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (kept, held out) of a deterministic stratified split holding out ``fraction`` of ``labels``,
+    each sorted so the splits keep the source order (scikit-learn's ``train_test_split``)."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        kept, held = train_test_split(np.arange(len(labels)), test_size=fraction, random_state=seed,
+                                      stratify=labels)
+    except ValueError as error:  # e.g. a class with a single image cannot be split in a stratified way
+        raise ValueError(f"cannot split {fraction:g} of {what} off in a stratified way ({error}); "
+                         "use a larger data set or another fraction (validation_fraction: 0 turns it off)") from None
+    return torch.from_numpy(np.sort(kept)), torch.from_numpy(np.sort(held))
 
 
 

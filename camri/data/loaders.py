@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from camri.data.dataset import DataError, DataSet
+from camri.data.dataset import DataError, DataSet, stratified_split
 from camri.data.sources import AWA2_URL, absent_message, awa2_missing_message, probe, raw_present
 
 SPLIT_SEED = 0
@@ -52,17 +52,8 @@ def load_digits() -> DataSet:
     bunch = load_digits()
     x = torch.from_numpy(np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
     y = torch.from_numpy(bunch.target.astype(np.int64))
-    train, test = _stratified_split(bunch.target, DIGITS_TEST_FRACTION)
+    train, test = stratified_split(bunch.target, DIGITS_TEST_FRACTION, SPLIT_SEED)
     return DataSet("digits", x[train], y[train], x[test], y[test], [str(k) for k in range(10)])
-
-
-def _stratified_split(labels: np.ndarray, test_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of a deterministic stratified split, each sorted so the splits keep the source order."""
-    from sklearn.model_selection import train_test_split
-
-    train, test = train_test_split(np.arange(len(labels)), test_size=test_fraction, random_state=SPLIT_SEED,
-                                   stratify=labels)
-    return torch.from_numpy(np.sort(train)), torch.from_numpy(np.sort(test))
 
 
 def fetch(name: str, root: Path, download: bool, size: int | None) -> DataSet:
@@ -158,7 +149,7 @@ def load_awa2(root: Path, size: int) -> DataSet:
         files += members
         labels += [label] * len(members)
     y = torch.tensor(labels, dtype=torch.int64)
-    train, test = _stratified_split(np.asarray(labels), AWA2_TEST_FRACTION)
+    train, test = stratified_split(np.asarray(labels), AWA2_TEST_FRACTION, SPLIT_SEED)
     x = _decode_all(len(files), lambda i: _read_image(files[i], "RGB", (size, size)), (size, size, 3),
                     lambda i: f"awa2: {files[i]}", "awa2")
     return DataSet("awa2", x[train], y[train], x[test], y[test], classes)

@@ -20,6 +20,7 @@ import dataclasses
 import csv
 import io
 import math
+import pickle
 import random
 import subprocess
 import sys
@@ -101,6 +102,32 @@ class ConfigMismatchError(ValueError):
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is left as it was."""
+
+
+class CheckpointError(ValueError):
+    """A run directory's checkpoint.pt cannot be read (truncated or corrupt)."""
+
+
+#: What torch.load raises on a file cut short or overwritten: RuntimeError from the zip reader
+#: ("PytorchStreamReader failed ..."), EOFError / UnpicklingError from the pickle inside it.
+_UNREADABLE = (RuntimeError, EOFError, pickle.UnpicklingError)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    """The state ``Run.execute`` saved after an epoch; a CheckpointError naming the file and the fix when it
+    cannot be read. checkpoint.pt is written atomically, so this is a file damaged after the fact (a copy
+    cut short, a full disk during a sync, a user's edit), never a crash of camri during its write."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except _UNREADABLE as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"{path} cannot be read: it is truncated or corrupt ({reason}). Delete it and run the same "
+            f"command again: the run restarts from epoch 1 in {path.parent}.") from error
+    if not isinstance(state, dict) or not {"model", "optimizer", "rng", "history", "epoch"} <= set(state):
+        raise CheckpointError(f"{path} is not a camri checkpoint (no model, optimizer, rng, history and epoch): "
+                              "delete it and run the same command again to restart the run from epoch 1.")
+    return state
 
 
 def resolve_device(name: str) -> torch.device:
@@ -385,7 +412,7 @@ class Run:
         history: list[dict] = []
         checkpoint_path = self.out / "checkpoint.pt"
         if checkpoint_path.exists():
-            state = torch.load(checkpoint_path, map_location=self.device, weights_only=False)
+            state = load_checkpoint(checkpoint_path, self.device)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             _set_rng_state(state["rng"], self.device)

@@ -53,10 +53,13 @@ def write_summary(root, name, *, loss, seed, accuracy, important=(), recall=None
 # (CE accuracies by seed, tolerance, CAMRI accuracies by seed, qualifies). In exact arithmetic the first two
 # CAMRI means are exactly CE mean − tolerance; in floats the second is 1.1e-16 *below* the float threshold.
 BOUNDARY = [
-    ([0.80, 0.82, 0.84], 0.005, [0.81, 0.82], True),  # float mean == float threshold: ">" would fail it
-    ([0.730, 0.797, 0.780], 0.01, [0.790, 0.728], True),  # 0.759 vs 0.7590000000000001: ">=" alone fails it
-    ([0.80, 0.82, 0.84], 0.005, [0.815 - 1e-6], False),  # 1e-6 below: never within the slack
-    ([0.80, 0.82, 0.84], 0.005, [0.815 + 1e-6], True),
+    # float mean == float threshold: ">" would fail it
+    pytest.param([0.80, 0.82, 0.84], 0.005, [0.81, 0.82], True, id="at-threshold"),
+    # 0.759 against 0.7590000000000001: ">=" without the slack would fail it
+    pytest.param([0.730, 0.797, 0.780], 0.01, [0.790, 0.728], True, id="at-threshold-rounded-below"),
+    # 1e-6 below: never within the slack (a slack of 1e-5 would let it qualify)
+    pytest.param([0.80, 0.82, 0.84], 0.005, [0.815 - 1e-6], False, id="1e-6-below"),
+    pytest.param([0.80, 0.82, 0.84], 0.005, [0.815 + 1e-6], True, id="1e-6-above"),
 ]
 
 

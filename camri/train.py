@@ -120,7 +120,9 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=False)
     except _UNREADABLE as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # The first sentence of torch's message ("PytorchStreamReader failed reading zip archive: ..."), not its
+        # advice about miniz.
+        reason = str(error).strip().split(". ")[0].splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
             f"{path} cannot be read: it is truncated or corrupt ({reason}). Delete it and run the same "
             f"command again: the run restarts from epoch 1 in {path.parent}.") from error

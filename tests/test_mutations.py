@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from camri import protocol
-from camri.losses import LOSS_NAMES, build_loss
+from camri.losses import LOSS_NAMES, build_loss, margin_target_cosine
 
 # ---- the heads run in float32 under bf16 autocast (README: "the loss runs in float32") ------------------
 
@@ -30,11 +30,34 @@ def test_the_loss_is_float32_under_bf16_autocast_and_equals_the_float32_loss(nam
         assert z.dtype == torch.bfloat16
         loss = head(z, y)
     assert loss.dtype == torch.float32
-    # The float32 loss of the same (bf16-valued) features, outside autocast: bit for bit.
-    assert torch.equal(loss, head(z.float(), y))
+    # The float32 loss of the same (bf16-valued) features, outside autocast and composed from the head's parts
+    # (not through forward, which could itself switch autocast on): bit for bit.
+    zf = z.float()
+    reference = head.per_sample_loss(head.training_logits(zf, y), y).mean()
+    assert reference.dtype == torch.float32
+    assert torch.equal(loss, reference)
+    assert torch.equal(head(zf, y), reference)
     # float32 features given inside an autocast region are not cast down to bf16 either.
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(head(z.float(), y), loss)
+        assert torch.equal(head(zf, y), reference)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_per_sample_loss_is_one_value_per_sample(name):
+    """``per_sample_loss`` is an override point (camri.losses.Head): (N,), whose mean is the loss."""
+    torch.manual_seed(1)
+    head = build_loss(name, 4, 3, important=[1], margin=0.3, fp_weight=0.5)
+    z, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 3, 1, 0])
+    per_sample = head.per_sample_loss(head.training_logits(z, y), y)
+    assert per_sample.shape == (6,)
+    assert torch.equal(per_sample.mean(), head(z, y))
+
+
+def test_a_zero_margin_returns_the_cosine_unchanged():
+    """camri.losses.margin_target_cosine: where m = 0 no acos/cos round trip, not even at the clamp (±1)."""
+    for dtype in (torch.float32, torch.float64):
+        cos = torch.tensor([1.0, -1.0, 0.3, -0.7, 0.999999], dtype=dtype)
+        assert torch.equal(margin_target_cosine(cos, torch.zeros_like(cos)), cos)
 
 
 # ---- the boundary of "maintaining accuracy": mean >= mean CE − tolerance, with float slack -------------

@@ -48,6 +48,7 @@ def test_per_sample_loss_is_one_value_per_sample(name):
     torch.manual_seed(1)
     head = build_loss(name, 4, 3, important=[1], margin=0.3, fp_weight=0.5)
     z, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 3, 1, 0])
+    assert (head.num_classes, head.feature_dim, tuple(head.weight.shape)) == (4, 3, (4, 3))
     per_sample = head.per_sample_loss(head.training_logits(z, y), y)
     assert per_sample.shape == (6,)
     assert torch.equal(per_sample.mean(), head(z, y))
@@ -131,3 +132,12 @@ def test_table1_csv_numbers_have_six_significant_digits(tmp_path):
     # The paper's CIFAR-10 worst1 values join as numbers too (camri/paper_table1.csv).
     assert (rows.at["CAMRI", "paper_recall"], rows.at["CAMRI", "paper_accuracy"]) == ("0.7919", "0.8821")
     assert rows.at["CAMRI", "qualified"] == "true" and rows.at["CRWWCE", "n_seeds"] == "0"
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_targets_of_the_wrong_shape_are_a_clear_error(name):
+    head = build_loss(name, 4, 3, important=[1])
+    with pytest.raises(ValueError, match=r"^targets must have shape \(2,\) to match features; got \(3,\)$"):
+        head(torch.randn(2, 3), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"got \(2, 1\)$"):
+        head(torch.randn(2, 3), torch.tensor([[0], [1]]))

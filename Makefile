@@ -12,7 +12,7 @@ PROFILE ?= demo
 PORT ?= 8888
 IP ?= localhost
 
-.PHONY: reproduce test lab figures clean-venv
+.PHONY: reproduce test lab figures mutation clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,18 @@ reproduce: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	scripts/with-slurm.sh $(VENV)/bin/python -m pytest
+
+# Mutation testing of losses, protocol, io and train against their tests (docs/testing.md). Not part of
+# `make test` or CI: hours on 2 cores. One module at a time, the most valuable first; interrupt it at any
+# point and run it again: mutmut resumes. MUTATE="camri.losses*" limits it to one module.
+MUTATE ?= camri.losses* camri.protocol* camri.io* camri.train*
+MUTATION_CHILDREN ?= 1
+mutation: $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet 'mutmut>=3.8,<4'
+	for module in $(MUTATE); do \
+		OMP_NUM_THREADS=1 nice $(VENV)/bin/mutmut run --max-children $(MUTATION_CHILDREN) "$$module" || exit 1; \
+	done
+	$(VENV)/bin/mutmut results
 
 figures: $(STAMP)
 	$(VENV)/bin/camri figures --profile $(PROFILE)

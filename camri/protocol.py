@@ -92,7 +92,8 @@ DEFAULT_TOLERANCE = 0.005
 
 # Fields that must agree among the runs of a data set: mixing, say, 30- and 300-epoch runs in one
 # average would be silently wrong, so it is an error and the caller filters the runs first.
-EXPERIMENT_FIELDS = ("validation_fraction", "split_seed", "epochs", "batch_size", "lr", "width", "z_dim", "bn_momentum", "augment", "image_size")
+EXPERIMENT_FIELDS = ("validation_fraction", "split_seed", "epochs", "batch_size", "lr", "width", "z_dim",
+                     "bn_momentum", "augment", "image_size")
 # The CIFAR-10 classes of the authors' shipped configurations. Which class plays which role is inferred
 # from the printed recalls (their cat run ends at recall 0.789 ≈ Table 1's worst1); the GTSRB and AwA2
 # classes are not public.
@@ -208,7 +209,7 @@ def apply_report(runs: pd.DataFrame, report: str = "final", last_k: int = 5) -> 
     runs = runs.copy()
     for i, run in runs.iterrows():
         tail = rundir.read_metrics(run["path"]).tail(last_k)
-        for split, (acc, recall, acc_column, recall_prefix) in _SPLIT_COLUMNS.items():
+        for acc, recall, acc_column, recall_prefix in _SPLIT_COLUMNS.values():
             if acc_column in tail:
                 runs.at[i, acc] = float(tail[acc_column].mean())
                 runs.at[i, recall] = [float(tail[f"{recall_prefix}{name}"].mean()) for name in run["classes"]]

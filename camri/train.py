@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+import pickle
 import random
 import subprocess
 import sys
@@ -47,6 +48,34 @@ from camri.models import Classifier
 
 class ConfigMismatchError(ValueError):
     """An output directory already holds a run with another configuration."""
+
+
+class CheckpointError(ValueError):
+    """A run directory's checkpoint.pt cannot be read (truncated or corrupt)."""
+
+
+#: What torch.load raises on a file cut short or overwritten: RuntimeError from the zip reader
+#: ("PytorchStreamReader failed ..."), EOFError / UnpicklingError from the pickle inside it.
+_UNREADABLE = (RuntimeError, EOFError, pickle.UnpicklingError)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    """The state ``Run.execute`` saved after an epoch; a CheckpointError naming the file and the fix when it
+    cannot be read. checkpoint.pt is written atomically, so this is a file damaged after the fact (a copy
+    cut short, a full disk during a sync, a user's edit), never a crash of camri during its write."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except _UNREADABLE as error:
+        # The first sentence of torch's message ("PytorchStreamReader failed reading zip archive: ..."), not its
+        # advice about miniz.
+        reason = str(error).strip().split(". ")[0].splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"{path} cannot be read: it is truncated or corrupt ({reason}). Delete it and run the same "
+            f"command again: the run restarts from epoch 1 in {path.parent}.") from error
+    if not isinstance(state, dict) or not {"model", "optimizer", "rng", "history", "epoch"} <= set(state):
+        raise CheckpointError(f"{path} is not a camri checkpoint (no model, optimizer, rng, history and epoch): "
+                              "delete it and run the same command again to restart the run from epoch 1.")
+    return state
 
 
 def resolve_device(name: str) -> torch.device:
@@ -270,8 +299,7 @@ class Run:
         model, optimizer = self.build_model()  # builds the loss too: the last validation before any file
         history: list[dict] = []
         checkpoint_path = self.out / "checkpoint.pt"
-        state = torch.load(checkpoint_path, map_location=self.device, weights_only=False) \
-            if checkpoint_path.exists() else None
+        state = load_checkpoint(checkpoint_path, self.device) if checkpoint_path.exists() else None
         self._write_config(first_epoch=state["epoch"] + 1 if state else 1)
         if state is not None:
             model.load_state_dict(state["model"])

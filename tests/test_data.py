@@ -123,7 +123,7 @@ def test_image_size_resizes_and_has_its_own_cache(tmp_path):
     assert ds.image_shape == (1, 16, 16) and len(ds.y_train) == 1347
     assert data.load("digits", data_dir=tmp_path, image_size=8).image_shape == (1, 8, 8)
     assert cache_files(tmp_path) == ["digits-16px.pt", "digits.pt"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="image_size must be a positive int or None, got 0"):
         data.load("digits", data_dir=tmp_path, image_size=0)
 
 
@@ -210,7 +210,8 @@ def test_truncated_zip(tmp_path):
     archive = zip_folder(tmp_path / "set", tmp_path / "set.zip")
     archive.write_bytes(archive.read_bytes()[:-60])  # cut into the central directory
     expect_error(tmp_path, archive, "set.zip", "zip")
-    with pytest.raises(DataError):
+    with pytest.raises(DataError,
+                       match=r"set\.zip: not a zip archive \(corrupt or truncated\?\)\. Copy or download it again"):
         data.check_available(f"imagefolder:{archive}", data_dir=tmp_path / "d")
 
 
@@ -377,7 +378,7 @@ def test_to_float():
     x = torch.tensor([[0, 51, 255]], dtype=torch.uint8)
     y = data.to_float(x)
     assert y.dtype == torch.float32 and torch.allclose(y, torch.tensor([[0.0, 0.2, 1.0]]))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="to_float expects uint8 images, got torch.float32"):
         data.to_float(y)
 
 
@@ -405,7 +406,7 @@ def test_augment_batch_options():
     assert all(s or m for s, m in zip(same, mirrored)) and any(same) and any(mirrored)
     reflect = data.augment_batch(x, torch.Generator().manual_seed(0), flip=False, padding_mode="reflect")
     assert (reflect > 0).all()  # reflection never brings in the zeros of constant padding
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"augment_batch expects a float batch \(see to_float\), got torch.uint8"):
         data.augment_batch(x.to(torch.uint8), torch.Generator())
 
 

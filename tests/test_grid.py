@@ -1,11 +1,14 @@
 """camri.grid and the modules below it: profiles, grid expansion, the local and submitit executors, status
 (CPU, digits, tiny runs)."""
 
+import csv
 import json
 import math
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -290,6 +293,12 @@ def test_submitit_local_cluster_kill_and_resume(tmp_path):
                                                            "cpus_per_task": 1, "timeout_min": 10}})
     ce_key, camri_key = "digits/ce/default/seed0", "digits/camri/c3_m4pi64_s8/seed0"
     runs = tmp_path / "tiny" / "runs"
+    # The same CAMRI run, never interrupted, trained meanwhile with `camri train` (one thread, as the jobs).
+    straight = tmp_path / "straight"
+    reference = subprocess.Popen([sys.executable, "-m", "camri", "train", "--dataset", "digits", "--loss", "camri",
+                                  "--important", "3", "--margin", "4pi/64", "--scale", "8", "--epochs", "8",
+                                  "--width", "0.125", "--z-dim", "16", "--bn-momentum", "0.1", "--device", "cpu",
+                                  "--quiet", "--out", str(straight)], cwd=Path(__file__).resolve().parents[1])
 
     # The important class is fixed, so both stages are submitted at once; run returns without waiting.
     report = grid.run(p, results_dir=tmp_path, wait=False, progress=False)
@@ -324,6 +333,22 @@ def test_submitit_local_cluster_kill_and_resume(tmp_path):
     assert rundir.epochs_done(camri_dir) == 8
     assert json.loads((camri_dir / "summary.json").read_text())["epochs_completed"] == 8
     assert {r.state for r in status.status(p, tmp_path)} == {"done"}
+    # The killed and resumed run is exactly the uninterrupted one (optimizer, RNG and history restored).
+    assert reference.wait(timeout=600) == 0
+    assert json.loads((straight / "config.json").read_text())["config"] == \
+        json.loads((camri_dir / "config.json").read_text())["config"]
+    for name in ("metrics.csv", "summary.json"):
+        assert _without_seconds(camri_dir / name) == _without_seconds(straight / name), name
+
+
+def _without_seconds(path: Path):
+    """metrics.csv rows or summary.json without their timing (the only field that differs between runs)."""
+    if path.suffix == ".json":
+        record = json.loads(path.read_text())
+        record.pop("seconds")
+        return record
+    with open(path) as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
 def test_slurm_submission_and_states_with_stand_in_commands(tmp_path, monkeypatch):

@@ -137,11 +137,16 @@ def test_crwwce_stable_when_a_probability_is_one():
 def test_camri_with_zero_margin_equals_l2softmax():
     torch.manual_seed(0)
     z, y = torch.randn(32, 5), torch.randint(0, 4, (32,))
+    assert (y == 2).any()  # the batch has important targets, where a margin would act
     camri = build_loss("camri", 4, 5, important=[2], margin=0.0, scale=8.0)
     l2 = build_loss("l2softmax", 4, 5, scale=8.0)
-    l2.load_state_dict(camri.state_dict(), strict=False)
+    # Only the class weights are copied: each head keeps its own margin buffer.
     l2.weight.data.copy_(camri.weight.data)
     assert torch.equal(camri(z, y), l2(z, y))
+    # ... and a margin > 0 on the important class makes them differ.
+    with_margin = build_loss("camri", 4, 5, important=[2], margin=1.0, scale=8.0)
+    with_margin.weight.data.copy_(camri.weight.data)
+    assert not torch.allclose(with_margin(z, y), l2(z, y))
 
 
 def test_camri_on_all_important_batch_equals_arcface():
@@ -157,15 +162,36 @@ def test_camri_on_all_important_batch_equals_arcface():
     assert not torch.allclose(camri(z, y), arcface(z, y))
 
 
+def _copy_linear(source, target):
+    """Copy the class weights and bias only; the fn_weight / fp_weight buffers stay the target's own."""
+    with torch.no_grad():
+        target.weight.copy_(source.weight)
+        target.bias.copy_(source.bias)
+    return target
+
+
 def test_wce_and_crwwce_reduce_to_ce():
     torch.manual_seed(2)
     z, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
+    assert (y == 1).any()  # the batch has important targets, where a weight would act
     ce = build_loss("ce", 3, 4)
-    wce = build_loss("wce", 3, 4, important=[1], weight=1.0)
-    crw = build_loss("crwwce", 3, 4, important=[1], weight=1.0, fp_weight=0.0)
+    with torch.no_grad():
+        ce.bias.copy_(torch.tensor([0.3, -0.2, 0.1]))  # a non-zero bias, so that copying it matters
+    wce = _copy_linear(ce, build_loss("wce", 3, 4, important=[1], weight=1.0))
+    crw = _copy_linear(ce, build_loss("crwwce", 3, 4, important=[1], weight=1.0, fp_weight=0.0))
     for other in (wce, crw):
-        other.load_state_dict(ce.state_dict(), strict=False)
         assert torch.equal(ce(z, y), other(z, y))
+    # ... and a weight != 1 (or a false-positive weight > 0) makes them differ.
+    for other in (build_loss("wce", 3, 4, important=[1], weight=3.0),
+                  build_loss("crwwce", 3, 4, important=[1], weight=3.0, fp_weight=0.0),
+                  build_loss("crwwce", 3, 4, important=[1], weight=1.0, fp_weight=0.5)):
+        assert not torch.allclose(ce(z, y), _copy_linear(ce, other)(z, y))
+
+
+def _angular_nll(cos, y, s, target_cos):
+    """Mean softmax NLL of logits s·cos θ with the target cosine replaced by ``target_cos`` (float64)."""
+    logits = s * cos.scatter(1, y[:, None], target_cos[:, None])
+    return (torch.logsumexp(logits, dim=1) - logits.gather(1, y[:, None]).squeeze(1)).mean().item()
 
 
 def test_arcface_equals_pytorch_metric_learning():
@@ -176,17 +202,26 @@ def test_arcface_equals_pytorch_metric_learning():
     reference = pml.ArcFaceLoss(num_classes=k, embedding_size=d, margin=math.degrees(m), scale=s)
     reference.W.data = head.weight.data.t().clone()  # PML's W is feature_dim x K
     y = torch.randint(0, k, (64,))
-    # Features near their own class (θ_t + m < π), where both definitions agree...
-    z = head.weight.data[y] + 0.8 * torch.randn(64, d, dtype=torch.float64)
+    w = head.weight.data
+
+    def target_angle(z):
+        return torch.acos(head.cosines(z).gather(1, y[:, None]).squeeze(1))
+
+    # Features near their own class (θ_t + m < π): both definitions agree, value for value.
+    z = w[y] + 0.8 * torch.randn(64, d, dtype=torch.float64)
+    assert (target_angle(z) + m < math.pi).all()
     assert head(z, y).item() == pytest.approx(reference(z, y).item(), rel=1e-6)
-    # ... and random features, some with θ_t + m > π where we switch to cos θ − m sin m (PML does not).
-    z = torch.randn(64, d, dtype=torch.float64)
-    theta_t = torch.acos(head.cosines(z).gather(1, y[:, None]).squeeze(1))
-    ours = head(z, y).item()
-    if (theta_t + m > math.pi).any():
-        assert ours != pytest.approx(reference(z, y).item(), rel=1e-9)
-    else:
-        assert ours == pytest.approx(reference(z, y).item(), rel=1e-6)
+    # Features pointing away from their class, θ_t + m > π on every sample, where cos(θ + m) would rise
+    # again: both switch to cos θ − m sin m (PML since its PR #539, 2022; pyproject requires PML >= 2.3).
+    # Both against that formula by hand, and the switch matters: plain cos(θ + m) is another value.
+    z = -torch.nn.functional.normalize(w[y], dim=1) + 0.02 * torch.randn(64, d, dtype=torch.float64)
+    theta = target_angle(z)
+    assert (theta + m > math.pi).all()
+    cos = head.cosines(z)
+    by_hand = _angular_nll(cos, y, s, torch.cos(theta) - m * math.sin(m))
+    assert head(z, y).item() == pytest.approx(by_hand, rel=1e-7)  # the margin buffer was float32
+    assert reference(z, y).item() == pytest.approx(by_hand, rel=1e-6)
+    assert abs(by_hand - _angular_nll(cos, y, s, torch.cos(theta + m))) > 1e-3
 
 
 def test_margin_target_cosine_is_monotone_and_switches_beyond_pi():

@@ -34,7 +34,7 @@ def test_members_compute_exactly_what_separate_networks_compute(stack):
     for k in range(K):
         single = stack.member(k).eval()
         torch.testing.assert_close(z[:, k * Z:(k + 1) * Z], single(x[:, 3 * k:3 * (k + 1)]), rtol=1e-5, atol=1e-5)
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=f"member {K} of a stack of {K}"):
         stack.member(K)
 
 

@@ -334,3 +334,28 @@ def test_important_classes_fixed_by_the_profile(smoke):
     assert chosen["role"].tolist() == ["worst1"]
     recorded = json.loads((smoke.out / "important.json").read_text())["digits"][0]  # the grid's choice
     assert chosen["class_index"].iloc[0] == recorded["class_index"]
+
+
+def test_table1_csv_numbers_recomputed_by_hand_from_the_runs(smoke):
+    """Every numeric field of the smoke profile's table1.csv, from its runs' summary.json, to the CSV
+    contract's 6 significant digits (one seed: the std fields are empty)."""
+    summaries = [json.loads(p.read_text()) for p in (smoke.out / "runs").rglob("summary.json")]
+    ce = [s for s in summaries if s["loss"] == "ce"]
+    assert len(ce) == 1
+    recall = ce[0]["recall"]
+    worst1 = min(range(len(recall)), key=lambda k: (round(recall[k], 12), k))  # lowest; ties: lower index
+    threshold = ce[0]["accuracy"] - protocol.DEFAULT_TOLERANCE  # the smoke profile keeps the default
+    losses = {name: loss for loss, name in protocol.METHOD_NAMES.items()}
+    table = pd.read_csv(smoke.out / "table1.csv", dtype=str, keep_default_na=False)
+    assert list(table["class"].unique()) == [ce[0]["classes"][worst1]]
+    for row in table.to_dict("records"):
+        loss = losses[row["method"]]
+        (run,) = [s for s in summaries if s["loss"] == loss and s["important"] in ([], [worst1])]
+        assert row["recall_mean"] == f"{run['recall'][worst1]:.6g}", row["method"]
+        assert row["accuracy_mean"] == f"{run['accuracy']:.6g}", row["method"]
+        assert (row["recall_std"], row["accuracy_std"], row["n_seeds"]) == ("", "", "1")
+        assert row["qualified"] == ("true" if run["accuracy"] >= threshold - 1e-9 else "false")
+        assert (row["paper_recall"], row["paper_accuracy"]) == ("", "")  # digits is not in the paper
+    # The recomputed numbers are not all short decimals (accuracies are k/450): 2 significant digits could not
+    # pass this test.
+    assert any(len(value.lstrip("0.")) > 2 for value in [*table["recall_mean"], *table["accuracy_mean"]])

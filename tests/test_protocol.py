@@ -104,7 +104,7 @@ def test_load_runs_reads_finished_runs_and_counts_unfinished(grid):
 
 
 def test_load_runs_of_a_missing_directory_is_an_error(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=f"no run directory {tmp_path / 'nowhere'}"):
         protocol.load_runs(tmp_path / "nowhere")
 
 

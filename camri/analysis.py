@@ -36,7 +36,8 @@ def pooled_angles(paths: Sequence[str | os.PathLike]):
     return (np.concatenate([a["theta_deg"] for a in arrays]), np.concatenate([a["labels"] for a in arrays]))
 
 
-def settings_table(runs, dataset: str, important, *, methods: Sequence[str], tolerance: float):
+def settings_table(runs, dataset: str, important, *, methods: Sequence[str], tolerance: float,
+                   split: str = "validation"):
     """One row per setting of ``methods`` (display names) of ``dataset``: method, hyperparameters, n_seeds,
     accuracy mean / std, qualified (maintains accuracy), then the mean recall of each important class
     (``important``: rows with role, class_index, class_name) as ``recall <role>: <class>``. For methods
@@ -48,7 +49,7 @@ def settings_table(runs, dataset: str, important, *, methods: Sequence[str], tol
     keys = ["method", "hyperparameters"]
     table = None
     for role, index, name in important[["role", "class_index", "class_name"]].itertuples(index=False):
-        cell = protocol.cell_settings(runs, dataset, int(index), tolerance=tolerance)
+        cell = protocol.cell_settings(runs, dataset, int(index), tolerance=tolerance, split=split)
         cell = cell[cell["method"].isin(methods)]
         column = f"recall {role}: {name}"
         part = cell[keys + ["n_seeds", "accuracy_mean", "accuracy_std", "qualified"]].assign(
@@ -124,3 +125,27 @@ def fig3_panels(run_dirs: Mapping[str, str | os.PathLike]):
         panels[f"{method}: {recall}, accuracy {summary['accuracy']:.3f}"] = {
             "features2d": angles["features2d"], "labels": angles["labels"], "weights": weights}
     return panels, classes, important, pd.DataFrame(rows)
+
+
+def compare_selections(by_validation, by_test):
+    """The "maintaining" choices of two ``select_all`` results side by side, per data set × role × method:
+    class_validation / class_test (the important class each chose), setting_validation / setting_test,
+    recall_validation / recall_test (the test recall each reports) and differs (class or setting differ)."""
+    keys = ["dataset", "role", "method"]
+    columns = {"class_name": "class", "hyperparameters": "setting", "recall_mean": "recall"}
+    frames = []
+    for frame, suffix in ((by_validation, "validation"), (by_test, "test")):
+        maintaining = frame[frame["selection"] == "maintaining"]
+        frames.append(maintaining[keys + list(columns)].rename(
+            columns={c: f"{name}_{suffix}" for c, name in columns.items()}))
+    both = frames[0].merge(frames[1], on=keys, how="outer")
+    both["differs"] = ((both["class_validation"] != both["class_test"])
+                       | (both["setting_validation"] != both["setting_test"]))
+    return both.reset_index(drop=True)
+
+
+def seed_counts(selections) -> tuple[int, int]:
+    """(fewest, most) seeds among the "maintaining" choices: the paper averaged ten trials, and below five a
+    mean ± std is a rough estimate (notebook 04 says so)."""
+    counts = selections.loc[selections["selection"] == "maintaining", "n_seeds"]
+    return (int(counts.min()), int(counts.max())) if len(counts) else (0, 0)

@@ -230,3 +230,25 @@ def quote_claims(document: str, root: str | Path) -> str:
                                     "`camri figures`) for that profile first")
         return match.group(1) + _summary_block(path) + match.group(4)
     return _QUOTE.sub(replace, document)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m camri.claims --quote FILE ...``: refresh the quoted claims blocks of FILEs in place."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m camri.claims", description=main.__doc__)
+    parser.add_argument("--quote", nargs="+", required=True, metavar="FILE")
+    parser.add_argument("--root", default=".", help="where the quoted paths start (default: .)")
+    args = parser.parse_args(argv)
+    for name in args.quote:
+        path = Path(name)
+        text = path.read_text(encoding="utf-8")
+        quoted = quote_claims(text, args.root)
+        if quoted != text:
+            atomic_write_text(path, quoted)
+            print(f"{path}: claims quotes refreshed")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

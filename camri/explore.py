@@ -138,7 +138,8 @@ def angle_runs(runs: pd.DataFrame, selections: pd.DataFrame, *, tolerance: float
     cells = selections[["dataset", "role", "class_index", "class_name"]].drop_duplicates()
     for dataset, role, class_index, class_name in cells.itertuples(index=False):
         label = f"{protocol.display_dataset(dataset)} {role}: {class_name}"
-        settings = protocol.cell_settings(runs, dataset, int(class_index), tolerance=tolerance)
+        # Only the list of runs is wanted here (the choice is ``selections``'), so the test split serves.
+        settings = protocol.cell_settings(runs, dataset, int(class_index), tolerance=tolerance, split="test")
         if methods is not None:
             settings = settings[settings["method"].isin(methods)]
         for setting in settings.itertuples(index=False):

@@ -38,8 +38,9 @@ from camri.losses import LOSS_NAMES, LOSSES, build_loss, paper_margin
 
 #: One colour per method everywhere (matplotlib's tab10 entries).
 METHOD_COLORS = {"CE": "#7f7f7f", "WCE": "#8c564b", "CRWWCE": "#e377c2", "L2-softmax": "#bcbd22",
-                 "ArcFace": "#1f77b4", "CAMRI": "#d62728"}
-METHOD_MARKERS = {"CE": "s", "WCE": "v", "CRWWCE": "^", "L2-softmax": "D", "ArcFace": "o", "CAMRI": "*"}
+                 "ArcFace": "#1f77b4", "CAMRI": "#d62728", "CE+bias": "#404040"}
+METHOD_MARKERS = {"CE": "s", "WCE": "v", "CRWWCE": "^", "L2-softmax": "D", "ArcFace": "o", "CAMRI": "*",
+                  "CE+bias": "P"}
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -328,7 +329,7 @@ def plot_class_recall(recalls: pd.DataFrame, *, chosen: pd.DataFrame | None = No
 def plot_method_recall(table: pd.DataFrame) -> Figure:
     """Table 1 as a figure: for each data set × important class (columns), the important-class recall (top)
     and the accuracy (bottom) of each method, mean ± std over seeds; the paper's values as black ticks.
-    ``table``: ``protocol.table1``'s long format."""
+    ``table``: ``tables.table1``'s long format."""
     cells = list(dict.fromkeys(zip(table["dataset"], table["important"], table["class"])))
     methods = list(dict.fromkeys(table["method"]))
     fig = _figure(max(6.0, (0.35 * len(methods) + 0.5) * len(cells) + 1.5), 5.2)
@@ -363,10 +364,16 @@ def plot_tradeoff(settings: pd.DataFrame, *, curve: pd.DataFrame | None = None,
                   selected: pd.DataFrame | None = None, title: str = "") -> Figure:
     """Recall of the important class against accuracy: every setting of every method (``cell_settings``
     rows: mean over seeds, std as error bars; filled = maintains accuracy, hollow = does not), the CE
-    threshold-tuning curve (``ce_threshold_curve``: a bias added to that class's CE logit after training),
-    the accuracy threshold (dashed) and the ``selected`` settings circled."""
+    threshold-tuning curve (``ce_threshold_curve``: a bias added to that class's CE logit after training)
+    with CE+bias, the bias chosen by the protocol, as its point on that curve; the accuracy threshold
+    (dashed) when the choice was made on test (on validation it is not on this test-accuracy axis), and
+    the ``selected`` settings circled. Other ``<method>+bias`` settings are left out of the figure."""
     fig = _figure(5.6, 4.2)
     ax = fig.subplots()
+    if "bias" in settings:
+        settings = settings[settings["bias"].isna() | (settings["method"] == "CE+bias")]
+    if selected is not None and "bias" in selected:
+        selected = selected[selected["bias"].isna() | (selected["method"] == "CE+bias")]
     if curve is not None and len(curve):
         ax.plot(curve["accuracy"], curve["recall"], color="0.4", lw=1.2, label="CE + logit bias (post hoc)")
         at_zero = curve.iloc[(curve["bias"].abs()).argsort()[:1]]
@@ -383,7 +390,8 @@ def plot_tradeoff(settings: pd.DataFrame, *, curve: pd.DataFrame | None = None,
         ax.scatter(part.loc[~qualified, "accuracy_mean"], part.loc[~qualified, "recall_mean"], facecolors="none",
                    edgecolors=color, marker=marker, s=50, zorder=4,
                    label=None if qualified.any() else method)
-    if len(settings) and "accuracy_threshold" in settings:
+    on_test = "selected_on" not in settings or (settings["selected_on"] == "test").all()
+    if len(settings) and "accuracy_threshold" in settings and on_test:
         ax.axvline(float(settings["accuracy_threshold"].iloc[0]), color="black", ls="--", lw=0.8,
                    label="CE accuracy − tolerance")
     if selected is not None and len(selected):
@@ -394,8 +402,8 @@ def plot_tradeoff(settings: pd.DataFrame, *, curve: pd.DataFrame | None = None,
         low, high = np.nanmin(points), np.nanmax(points)
         pad = max(0.02, (high - low) * 0.3)
         ax.set_xlim(max(0.0, low - pad), min(1.0, high + pad))
-    ax.set_xlabel("accuracy")
-    ax.set_ylabel("important-class recall")
+    ax.set_xlabel("test accuracy")
+    ax.set_ylabel("test recall of the important class")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="best")
     return fig

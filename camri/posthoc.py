@@ -113,6 +113,27 @@ def load_logits(run_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray
         return npz[logits_key].astype(np.float64), npz[labels_key]
 
 
+def bias_setting(setting: dict, class_index: int, split: str, threshold: float) -> dict | None:
+    """The ``<method>+bias`` row of ``setting`` (a ``protocol.cell_settings`` row): one bias on the class's
+    logit tuned on ``split`` by this module's rule (highest mean recall at accuracy >= ``threshold``), then
+    reported on test per seed. None when no bias, not even 0, maintains accuracy."""
+    tuned = tune_bias([load_logits(p, split) for p in setting["paths"]], class_index, threshold)
+    if tuned is None:
+        return None
+    outcomes = [bias_outcomes(*load_logits(p, "test"), class_index, [tuned["bias"]])
+                for p in setting["paths"]]
+    recalls = pd.Series([float(r[0]) for r, _ in outcomes])
+    accuracies = pd.Series([float(a[0]) for _, a in outcomes])
+    text = f"b={tuned['bias']:+.3g}"
+    return {**setting, "method": setting["method"] + "+bias",
+            "hyperparameters": ", ".join(filter(None, [setting["hyperparameters"], text])),
+            "recalls": tuple(recalls), "accuracies": tuple(accuracies),
+            "recall_mean": recalls.mean(), "recall_std": recalls.std(ddof=1),
+            "accuracy_mean": accuracies.mean(), "accuracy_std": accuracies.std(ddof=1),
+            "selection_recall_mean": tuned["recall"], "selection_accuracy_mean": tuned["accuracy"],
+            "qualified": True, "bias": tuned["bias"]}
+
+
 # ---- the recall–accuracy curve of a bias, for the trade-off figures ----------------------------------
 
 def _default_biases(gap: np.ndarray, points: int = 201) -> np.ndarray:

@@ -73,8 +73,17 @@ class ImportantOptions(Model):
 
 
 class ProtocolOptions(Model):
+    """How Table 1's choices are made (docs/protocol.md)."""
+
+    # Where the important classes, "maintaining accuracy" and the best setting are decided: the validation
+    # split carved from the training set (train.validation_fraction > 0), or the test set as the paper does.
+    selection: Literal["validation", "test"] = "validation"
     accuracy_tolerance: Annotated[Number, Field(ge=0)] = 0.005
     min_seeds: PositiveInt = 1
+    # A run's numbers: its final epoch's (the paper's), or the mean of its last ``last_k`` epochs (beyond
+    # the paper: a single final epoch is a noisy sample).
+    report: Literal["final", "last_k"] = "final"
+    last_k: PositiveInt = 5
 
 
 class Fig3Options(Model):

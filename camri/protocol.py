@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -80,13 +79,9 @@ import pandas as pd
 
 from camri import posthoc, rundir
 from camri.config import with_legacy_values
-from camri.io import atomic_write_text
-from camri.losses import DISPLAY_ORDER, LOSSES, ROLES
-from camri.tables import TABLE1_COLUMNS, table1_csv, table1_latex, table1_markdown
+from camri.losses import LOSSES, ROLES
 
 # Table 1's rows, in the paper's order (from the loss registry; L2-softmax is not in Table 1).
-# The paper's rows, then CE with a post-hoc bias (camri.posthoc), a baseline the paper names but does not report.
-TABLE1_METHODS = tuple(LOSSES[name].display for name in DISPLAY_ORDER if LOSSES[name].in_table1) + ("CE+bias",)
 DATASET_NAMES = {"cifar10": "CIFAR-10", "gtsrb": "GTSRB", "awa2": "AwA2"}
 DEFAULT_TOLERANCE = 0.005
 
@@ -218,7 +213,7 @@ def apply_report(runs: pd.DataFrame, report: str = "final", last_k: int = 5) -> 
 
 # ---- important classes ---------------------------------------------------------------------------------
 
-def class_recalls(runs: pd.DataFrame, dataset: str, loss: str = "ce", *, split: str = "test") -> pd.DataFrame:
+def class_recalls(runs: pd.DataFrame, dataset: str, loss: str = "ce", *, split: str = "validation") -> pd.DataFrame:
     """Per-class recall on ``split`` of the ``loss`` runs of ``dataset`` over seeds, sorted from lowest mean.
 
     Columns: class_index, class_name, recall_mean, recall_std (sample, ddof=1), n_seeds, rank (0 = lowest).
@@ -243,7 +238,7 @@ def class_recalls(runs: pd.DataFrame, dataset: str, loss: str = "ce", *, split: 
     return table.iloc[order].reset_index(drop=True).assign(rank=lambda t: t.index)
 
 
-def choose_important(runs: pd.DataFrame, dataset: str, *, split: str = "test") -> pd.DataFrame:
+def choose_important(runs: pd.DataFrame, dataset: str, *, split: str = "validation") -> pd.DataFrame:
     """The important classes of ``dataset`` from its CE runs' recall on ``split``: rows worst1, worst2, median.
 
     Columns: role, class_index, class_name, recall_mean, recall_std, n_seeds, rank, paper_class (the
@@ -300,27 +295,6 @@ def _setting_row(members: pd.DataFrame, loss: str, class_index: int, split: str,
     }
 
 
-def _bias_row(setting: dict, class_index: int, split: str, threshold: float) -> dict | None:
-    """``setting`` with a post-hoc bias on the class's logit (camri.posthoc): tuned on ``split`` to the
-    highest mean recall at accuracy >= ``threshold``, reported on test per seed; None when no bias (not
-    even 0) maintains accuracy."""
-    tuned = posthoc.tune_bias([posthoc.load_logits(p, split) for p in setting["paths"]], class_index, threshold)
-    if tuned is None:
-        return None
-    outcomes = [posthoc.bias_outcomes(*posthoc.load_logits(p, "test"), class_index, [tuned["bias"]])
-                for p in setting["paths"]]
-    recalls = pd.Series([float(r[0]) for r, _ in outcomes])
-    accuracies = pd.Series([float(a[0]) for _, a in outcomes])
-    text = f"b={tuned['bias']:+.3g}"
-    return {**setting, "method": setting["method"] + "+bias",
-            "hyperparameters": ", ".join(filter(None, [setting["hyperparameters"], text])),
-            "recalls": tuple(recalls), "accuracies": tuple(accuracies),
-            "recall_mean": recalls.mean(), "recall_std": recalls.std(ddof=1),
-            "accuracy_mean": accuracies.mean(), "accuracy_std": accuracies.std(ddof=1),
-            "selection_recall_mean": tuned["recall"], "selection_accuracy_mean": tuned["accuracy"],
-            "qualified": True, "bias": tuned["bias"]}
-
-
 def cell_settings(runs: pd.DataFrame, dataset: str, class_index: int, *, tolerance: float = DEFAULT_TOLERANCE,
                   split: str = "validation", bias: bool = False) -> pd.DataFrame:
     """Every setting relevant to important class ``class_index`` of ``dataset``, aggregated over seeds.
@@ -357,7 +331,7 @@ def cell_settings(runs: pd.DataFrame, dataset: str, class_index: int, *, toleran
         members = pd.DataFrame(groups[key]).sort_values("seed")
         _check_unique_seeds(members)
         rows.append(_setting_row(members, key[1], class_index, split, threshold))
-        if bias and (tuned := _bias_row(rows[-1], class_index, split, threshold)) is not None:
+        if bias and (tuned := posthoc.bias_setting(rows[-1], class_index, split, threshold)) is not None:
             rows.append(tuned)
     return pd.DataFrame(rows, columns=SETTING_COLUMNS)
 
@@ -483,55 +457,6 @@ def select_all(runs: pd.DataFrame, *, tolerance: float = DEFAULT_TOLERANCE, min_
             frames.append(selected)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["dataset", "role", "class_index", "class_name", "selection", "method"])
-
-
-# ---- Table 1 -------------------------------------------------------------------------------------------
-
-def paper_table1() -> pd.DataFrame:
-    """The paper's Table 1 (camri/paper_table1.csv): dataset, important, method, recall, accuracy."""
-    with resources.files("camri").joinpath("paper_table1.csv").open(encoding="utf-8") as f:
-        return pd.read_csv(f, comment="#")
-
-
-def table1(selections: pd.DataFrame) -> pd.DataFrame:
-    """Table 1 in long format from ``select_all``: one row per data set × role × method of
-    ``TABLE1_METHODS``, the "maintaining" choice of each.
-
-    Columns: ``TABLE1_COLUMNS`` then class_index, recall_diff and accuracy_diff (ours − paper). A method
-    without eligible runs gets a row with n_seeds 0, empty numbers and qualified False. paper_* are NaN
-    where the paper reports nothing.
-    """
-    paper = paper_table1().set_index(["dataset", "important", "method"])
-    maintaining = selections[selections["selection"] == "maintaining"]
-    rows = []
-    for (dataset, role, class_index, class_name), cell in maintaining.groupby(
-            ["dataset", "role", "class_index", "class_name"], sort=False):
-        chosen = cell.set_index("method")
-        for method in TABLE1_METHODS:
-            row = {"dataset": display_dataset(dataset), "important": role, "class": class_name,
-                   "method": method, "recall_mean": np.nan, "recall_std": np.nan, "accuracy_mean": np.nan,
-                   "accuracy_std": np.nan, "n_seeds": 0, "hyperparameters": "", "qualified": False}
-            if method in chosen.index:
-                row.update({c: chosen.at[method, c] for c in ("recall_mean", "recall_std", "accuracy_mean",
-                                                              "accuracy_std", "n_seeds", "hyperparameters")})
-                row["qualified"] = bool(chosen.at[method, "qualified"])
-            key = (row["dataset"], role, method)
-            row["paper_recall"] = paper["recall"].get(key, np.nan)
-            row["paper_accuracy"] = paper["accuracy"].get(key, np.nan)
-            row["class_index"] = class_index
-            rows.append(row)
-    table = pd.DataFrame(rows, columns=[*TABLE1_COLUMNS, "class_index"])
-    table["n_seeds"] = table["n_seeds"].astype(int)
-    table["recall_diff"] = table["recall_mean"] - table["paper_recall"]
-    table["accuracy_diff"] = table["accuracy_mean"] - table["paper_accuracy"]
-    return table
-
-
-def write_table1(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
-    """Write table1.csv, table1.md and table1.tex into ``out_dir``, each atomically; returns the paths."""
-    out_dir = Path(out_dir)
-    texts = {"csv": table1_csv(table), "md": table1_markdown(table), "tex": table1_latex(table)}
-    return {kind: atomic_write_text(out_dir / f"table1.{kind}", text) for kind, text in texts.items()}
 
 
 # ---- formatting ----------------------------------------------------------------------------------------

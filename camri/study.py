@@ -95,6 +95,11 @@ class Study:
     def tolerance(self) -> float:
         return self.profile.protocol.accuracy_tolerance
 
+    @property
+    def selection(self) -> str:
+        """Where the choices are made: "validation" or "test" (profile ``protocol.selection``)."""
+        return self.profile.protocol.selection
+
     def slug(self, dataset: str) -> str:
         """The data set's name in file names (``camri.profile.dataset_slug``)."""
         from camri.profile import dataset_slug
@@ -132,7 +137,8 @@ class Study:
         self.ensure(stages)
         wanted = {str(s.out_dir) for s in self.specs(stages)}
         runs = protocol.load_runs(self.root / "runs")
-        return runs[runs["path"].isin(wanted)].reset_index(drop=True)
+        runs = runs[runs["path"].isin(wanted)].reset_index(drop=True)
+        return protocol.apply_report(runs, self.profile.protocol.report, self.profile.protocol.last_k)
 
     def important(self, runs, dataset: str):
         """The important classes of ``dataset``: DataFrame role, class_index, class_name (and, when chosen
@@ -144,20 +150,75 @@ class Study:
         fixed = self.profile.important.classes.get(dataset)
         if fixed is None:
             roles = list(self.profile.important.roles) or list(protocol.ROLES)
-            chosen = protocol.choose_important(runs, dataset)
+            chosen = protocol.choose_important(runs, dataset, split=self.selection)
             return chosen[chosen["role"].isin(roles)].reset_index(drop=True)
         # Fixed by the profile: protocol.select_all resolves them (names or indices, by role).
         cells = self.select(runs, [dataset]).drop_duplicates("role")
         return pd.DataFrame(cells[["role", "class_index", "class_name"]]).reset_index(drop=True)
 
-    def select(self, runs, datasets: Sequence[str] | None = None):
-        """``camri.protocol.select_all`` with the profile's tolerance, min_seeds, roles and fixed classes."""
+    def settings(self, runs, dataset: str, class_index: int):
+        """``camri.protocol.cell_settings`` of one cell with the profile's selection and tolerance, the
+        ``<method>+bias`` settings included."""
+        from camri import protocol
+
+        return protocol.cell_settings(runs, dataset, int(class_index), tolerance=self.tolerance,
+                                      split=self.selection, bias=True)
+
+    def select(self, runs, datasets: Sequence[str] | None = None, selection: str | None = None):
+        """``camri.protocol.select_all`` with the profile's selection (or ``selection``), tolerance,
+        min_seeds, roles and fixed classes, the +bias settings included."""
         from camri import protocol
 
         roles = list(self.profile.important.roles) or list(protocol.ROLES)
         return protocol.select_all(runs, tolerance=self.tolerance, min_seeds=self.profile.protocol.min_seeds,
+                                   split=self.selection if selection is None else selection, bias=True,
                                    roles=roles, important=self.profile.important.classes or None,
                                    datasets=datasets or self.datasets)
+
+    # ---- how the choices were made, both protocols, the claims ----
+    def protocol_note(self, selections) -> str:
+        """Markdown: where the choices were made, what is reported, and how many seeds (a warning below 5:
+        the paper averaged ten trials)."""
+        from camri.analysis import seed_counts
+
+        p = self.profile.protocol
+        where = ("on the validation split (a stratified share of each training set; Table 1 reports test)"
+                 if p.selection == "validation" else "on the test set, as the paper does (optimistic: the same "
+                 "data choose and report)")
+        report = "each run's final epoch" if p.report == "final" else f"each run's mean over its last {p.last_k} epochs"
+        fewest, most = seed_counts(selections)
+        seeds = f"{fewest}" if fewest == most else f"{fewest}–{most}"
+        lines = [f"Important classes, \"maintaining accuracy\" (tolerance {p.accuracy_tolerance:g}) and the best "
+                 f"setting per method chosen {where}; numbers are {report}; n = {seeds} seeds per setting."]
+        if fewest < 5:
+            lines.append(f"**Warning: {fewest} seed(s)** per setting at the fewest. The paper averaged ten trials; "
+                         "with fewer than 5 a mean ± std is a rough estimate and a paired interval is wide.")
+        return "\n\n".join(lines)
+
+    def compare_selections(self, runs):
+        """The choices made on validation and on test side by side (``analysis.compare_selections``), or
+        None when some runs have no validation split (then only the test-set selection exists)."""
+        from camri.analysis import compare_selections
+
+        if runs["val_accuracy"].isna().any():
+            return None
+        return compare_selections(self.select(runs, selection="validation"), self.select(runs, selection="test"))
+
+    def write_claims(self, runs, selections) -> Path:
+        """``<root>/claims.md``: the paper's claims checked against these runs (``camri.claims``)."""
+        from camri import claims, protocol
+
+        important = {d: self.important(runs, d) for d in self.datasets
+                     if d not in self.profile.important.classes}
+        table = claims.check_claims(selections, important, split=self.selection)
+        t = self.profile.train
+        names = ", ".join(protocol.display_dataset(d) for d in self.datasets)
+        context = [f"profile `{self.name}`: {names}; seeds {list(self.profile.seeds)}; "
+                   f"{t.get('epochs', 300)} epochs, width {t.get('width', 1.0)}",
+                   self.protocol_note(selections).replace("\n\n", " "),
+                   "Comparisons pair the methods' chosen settings by seed: mean test difference with a 95 % "
+                   "interval (t below 10 pairs, bootstrap from 10); docs/protocol.md states every rule."]
+        return claims.write_claims(table, self.root, title=f"{self.name} ({names})", context=context)
 
     # ---- Fig. 3 ----
     def fig3_runs(self) -> dict[str, Path]:

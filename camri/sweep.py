@@ -178,7 +178,8 @@ def choose_important(profile: Profile | str, results_dir=None, *, record: bool =
         runs = protocol.load_runs(root / "runs" / dataset_slug(dataset) / "ce")
         # Only this profile's baseline (its seeds), even if other CE runs were left in the folder.
         runs = runs[runs["path"].isin([str(s.out_dir) for s in baseline])]
-        table = protocol.choose_important(runs, dataset).set_index("role")
+        runs = protocol.apply_report(runs, profile.protocol.report, profile.protocol.last_k)
+        table = protocol.choose_important(runs, dataset, split=profile.protocol.selection).set_index("role")
         rows = [{"role": role, "class_index": int(table.loc[role, "class_index"]),
                  "class_name": str(table.loc[role, "class_name"]),
                  "recall_mean": float(table.loc[role, "recall_mean"])} for role in profile.important.roles]

@@ -1,10 +1,20 @@
-"""Table 1 as text: Markdown (one table per data set), LaTeX (no packages needed) and the CSV contract.
-
-The numbers come from ``camri.protocol.table1``; this module only lays them out."""
+"""Table 1: its long table from the protocol's selections (``table1``), the paper's numbers beside it, and
+its text forms: Markdown (one table per data set), LaTeX (no packages needed) and the CSV contract."""
 
 from __future__ import annotations
 
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
+
+from camri.io import atomic_write_text
+from camri.losses import DISPLAY_ORDER, LOSSES
+from camri.protocol import display_dataset
+
+# The paper's rows, then CE with a post-hoc bias (camri.posthoc), a baseline the paper names but does not report.
+TABLE1_METHODS = tuple(LOSSES[name].display for name in DISPLAY_ORDER if LOSSES[name].in_table1) + ("CE+bias",)
 
 #: The columns of table1.csv, the machine-readable contract.
 TABLE1_COLUMNS = ("dataset", "important", "class", "method", "recall_mean", "recall_std", "accuracy_mean",
@@ -93,3 +103,52 @@ def table1_csv(table: pd.DataFrame) -> str:
     csv = table[list(TABLE1_COLUMNS)].copy()
     csv["qualified"] = csv["qualified"].map({True: "true", False: "false"})
     return csv.to_csv(index=False, na_rep="", float_format="%.6g", lineterminator="\n")
+
+
+# ---- Table 1 -------------------------------------------------------------------------------------------
+
+def paper_table1() -> pd.DataFrame:
+    """The paper's Table 1 (camri/paper_table1.csv): dataset, important, method, recall, accuracy."""
+    with resources.files("camri").joinpath("paper_table1.csv").open(encoding="utf-8") as f:
+        return pd.read_csv(f, comment="#")
+
+
+def table1(selections: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 in long format from ``select_all``: one row per data set × role × method of
+    ``TABLE1_METHODS``, the "maintaining" choice of each.
+
+    Columns: ``TABLE1_COLUMNS`` then class_index, recall_diff and accuracy_diff (ours − paper). A method
+    without eligible runs gets a row with n_seeds 0, empty numbers and qualified False. paper_* are NaN
+    where the paper reports nothing.
+    """
+    paper = paper_table1().set_index(["dataset", "important", "method"])
+    maintaining = selections[selections["selection"] == "maintaining"]
+    rows = []
+    for (dataset, role, class_index, class_name), cell in maintaining.groupby(
+            ["dataset", "role", "class_index", "class_name"], sort=False):
+        chosen = cell.set_index("method")
+        for method in TABLE1_METHODS:
+            row = {"dataset": display_dataset(dataset), "important": role, "class": class_name,
+                   "method": method, "recall_mean": np.nan, "recall_std": np.nan, "accuracy_mean": np.nan,
+                   "accuracy_std": np.nan, "n_seeds": 0, "hyperparameters": "", "qualified": False}
+            if method in chosen.index:
+                row.update({c: chosen.at[method, c] for c in ("recall_mean", "recall_std", "accuracy_mean",
+                                                              "accuracy_std", "n_seeds", "hyperparameters")})
+                row["qualified"] = bool(chosen.at[method, "qualified"])
+            key = (row["dataset"], role, method)
+            row["paper_recall"] = paper["recall"].get(key, np.nan)
+            row["paper_accuracy"] = paper["accuracy"].get(key, np.nan)
+            row["class_index"] = class_index
+            rows.append(row)
+    table = pd.DataFrame(rows, columns=[*TABLE1_COLUMNS, "class_index"])
+    table["n_seeds"] = table["n_seeds"].astype(int)
+    table["recall_diff"] = table["recall_mean"] - table["paper_recall"]
+    table["accuracy_diff"] = table["accuracy_mean"] - table["paper_accuracy"]
+    return table
+
+
+def write_table1(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
+    """Write table1.csv, table1.md and table1.tex into ``out_dir``, each atomically; returns the paths."""
+    out_dir = Path(out_dir)
+    texts = {"csv": table1_csv(table), "md": table1_markdown(table), "tex": table1_latex(table)}
+    return {kind: atomic_write_text(out_dir / f"table1.{kind}", text) for kind, text in texts.items()}

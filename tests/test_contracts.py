@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from camri import protocol
+from camri import protocol, tables
 from camri.cli import main
 from camri.models import PaperCNN
 
@@ -37,9 +37,9 @@ def test_fewer_than_three_classes_is_an_error(tmp_path, k):
     runs = protocol.load_runs(tmp_path)
     with pytest.raises(ValueError, match=rf"data set 'cifar10' has {k} classes; worst1, worst2 and median need "
                                          "at least 3"):
-        protocol.choose_important(runs, "cifar10")
+        protocol.choose_important(runs, "cifar10", split="test")
     with pytest.raises(ValueError, match="need at least 3"):
-        protocol.select_all(runs)
+        protocol.select_all(runs, split="test")
 
 
 @pytest.mark.parametrize("recall, order", [
@@ -49,17 +49,17 @@ def test_fewer_than_three_classes_is_an_error(tmp_path, k):
 def test_with_at_most_four_classes_the_median_is_worst2(tmp_path, recall, order):
     write_ce_runs(tmp_path, [recall, recall])
     runs = protocol.load_runs(tmp_path)
-    chosen = protocol.choose_important(runs, "cifar10").set_index("role")
+    chosen = protocol.choose_important(runs, "cifar10", split="test").set_index("role")
     assert chosen.at["worst1", "class_index"] == order[0]
     assert chosen.at["worst2", "class_index"] == chosen.at["median", "class_index"] == order[1]
     # Table 1 still has both cells, the same class in each.
-    table = protocol.table1(protocol.select_all(runs))
+    table = tables.table1(protocol.select_all(runs, split="test"))
     assert list(table.drop_duplicates("important")["class"]) == [f"c{order[0]}", f"c{order[1]}", f"c{order[1]}"]
 
 
 def test_with_five_classes_the_median_is_its_own_class(tmp_path):
     write_ce_runs(tmp_path, [[0.9, 0.4, 0.7, 0.6, 0.8]] * 2)  # sorted 1, 3, 2, 4, 0: median = position 2
-    chosen = protocol.choose_important(protocol.load_runs(tmp_path), "cifar10").set_index("role")
+    chosen = protocol.choose_important(protocol.load_runs(tmp_path), "cifar10", split="test").set_index("role")
     assert list(chosen["class_index"]) == [1, 3, 2]
 
 

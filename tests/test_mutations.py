@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from camri import protocol
+from camri import protocol, tables
 from camri.losses import LOSS_NAMES, build_loss, margin_target_cosine
 
 # ---- the heads run in float32 under bf16 autocast (README: "the loss runs in float32") ------------------
@@ -94,7 +94,7 @@ def test_qualification_boundary(tmp_path, ce, tolerance, camri, qualifies):
     for seed, accuracy in enumerate(camri):
         write_summary(tmp_path, f"camri/s{seed}", loss="camri", important=[1], seed=seed, accuracy=accuracy)
     runs = protocol.load_runs(tmp_path)
-    settings = protocol.cell_settings(runs, "cifar10", 1, tolerance=tolerance).set_index("method")
+    settings = protocol.cell_settings(runs, "cifar10", 1, tolerance=tolerance, split="test").set_index("method")
     assert bool(settings.at["CAMRI", "qualified"]) == qualifies
     # The precondition the cases are built on: where the float threshold sits against the float mean.
     float_threshold = pd.Series(ce).mean() - tolerance
@@ -103,7 +103,7 @@ def test_qualification_boundary(tmp_path, ce, tolerance, camri, qualifies):
     if camri == [0.790, 0.728]:
         assert float_mean < float_threshold
     # The chosen ("maintaining") CAMRI row says the same.
-    chosen = protocol.select_settings(protocol.cell_settings(runs, "cifar10", 1, tolerance=tolerance))
+    chosen = protocol.select_settings(protocol.cell_settings(runs, "cifar10", 1, tolerance=tolerance, split="test"))
     maintaining = chosen[(chosen["selection"] == "maintaining") & (chosen["method"] == "CAMRI")].iloc[0]
     assert bool(maintaining["qualified"]) == qualifies
 
@@ -118,9 +118,9 @@ def test_table1_csv_numbers_have_six_significant_digits(tmp_path):
                       recall=[0.9, ce_recall[seed], 0.9, 0.9])
         write_summary(tmp_path, f"camri/s{seed}", loss="camri", important=[1], seed=seed,
                       accuracy=camri_acc[seed], recall=[0.9, camri_recall[seed], 0.9, 0.9])
-    table = protocol.table1(protocol.select_all(protocol.load_runs(tmp_path), important={"cifar10": [1]},
-                                                roles=["worst1"]))
-    csv = pd.read_csv(io.StringIO(protocol.table1_csv(table)), dtype=str, keep_default_na=False)
+    table = tables.table1(protocol.select_all(protocol.load_runs(tmp_path), important={"cifar10": [1]},
+                                              split="test", roles=["worst1"]))
+    csv = pd.read_csv(io.StringIO(tables.table1_csv(table)), dtype=str, keep_default_na=False)
     rows = csv.set_index("method")
     for method, acc, recall in (("CE", ce_acc, ce_recall), ("CAMRI", camri_acc, camri_recall)):
         row = rows.loc[method]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from camri import posthoc, protocol, significance
+from camri import posthoc, protocol, significance, tables
 
 K = 6
 CLASSES = [f"c{i}" for i in range(K)]
@@ -16,8 +16,10 @@ PI64 = math.pi / 64
 
 
 def write_run(root, name, *, loss, seed, recall, accuracy, important=(), k=4, scale=16.0, weight=2.0,
-              fp_weight=1.0, dataset="cifar10", epochs=3, finished=True, logits=None, labels=None):
-    """A run directory as camri.train writes it: config.json, and summary.json when finished."""
+              fp_weight=1.0, dataset="cifar10", epochs=3, finished=True, logits=None, labels=None,
+              val_recall=None, val_accuracy=None, validation=True):
+    """A run directory as camri.train writes it: config.json, and summary.json when finished. Its
+    validation metrics are the test ones unless given (``validation=False``: a run without a split)."""
     config = {"dataset": dataset, "loss": loss, "important": list(important), "margin": [k * PI64],
               "scale": scale, "weight": weight, "fp_weight": fp_weight, "epochs": epochs, "batch_size": 64,
               "lr": 1e-3, "width": 1.0, "z_dim": 512, "seed": seed, "device": "cpu", "amp": "auto",
@@ -30,6 +32,9 @@ def write_run(root, name, *, loss, seed, recall, accuracy, important=(), k=4, sc
         summary = {"dataset": dataset, "loss": loss, "seed": seed, "classes": CLASSES,
                    "important": list(important), "config": config, "accuracy": accuracy,
                    "recall": list(recall), "test_loss": 0.5, "epochs_completed": epochs}
+        if validation:
+            summary["validation"] = {"accuracy": accuracy if val_accuracy is None else val_accuracy,
+                                     "recall": list(recall if val_recall is None else val_recall)}
         (directory / "summary.json").write_text(json.dumps(summary))
     if logits is not None:
         np.savez(directory / "angles.npz", logits=np.asarray(logits, np.float32),
@@ -184,7 +189,8 @@ def test_maintaining_unconstrained_and_missing_seeds(grid):
 def test_best_setting_ties_go_to_accuracy_then_seeds_then_order():
     settings = pd.DataFrame({
         "method": ["CAMRI"] * 4, "hyperparameters": ["a", "b", "c", "d"], "n_seeds": [3, 3, 5, 5],
-        "recall_mean": [0.9, 0.9, 0.9, 0.9], "accuracy_mean": [0.8, 0.85, 0.85, 0.85], "qualified": [True] * 4})
+        "selection_recall_mean": [0.9, 0.9, 0.9, 0.9], "selection_accuracy_mean": [0.8, 0.85, 0.85, 0.85],
+        "qualified": [True] * 4})
     chosen = protocol.select_settings(settings)
     assert set(chosen["hyperparameters"]) == {"c"}
 
@@ -199,12 +205,12 @@ def test_bad_parameters():
 # ---- Table 1 -------------------------------------------------------------------------------------------
 
 def test_table1_numbers_against_hand_computation(grid):
-    table = protocol.table1(protocol.select_all(protocol.load_runs(grid), min_seeds=3))
-    assert len(table) == 3 * 5
+    table = tables.table1(protocol.select_all(protocol.load_runs(grid), min_seeds=3))
+    assert len(table) == 3 * 6  # CAMRI, ArcFace, CRWWCE, WCE, CE and CE+bias (empty: no logits here)
     assert list(table["important"].unique()) == ["worst1", "worst2", "median"]
     assert list(table["class"].unique()) == ["c1", "c3", "c5"]
     worst1 = by_method(table, important="worst1")
-    assert list(worst1.index) == list(protocol.TABLE1_METHODS)
+    assert list(worst1.index) == list(tables.TABLE1_METHODS)
     camri = worst1.loc["CAMRI"]
     assert camri["dataset"] == "CIFAR-10" and camri["hyperparameters"] == "m=4π/64, s=16"
     assert (camri["recall_mean"], camri["accuracy_mean"]) == pytest.approx((0.7, 0.82))
@@ -245,13 +251,13 @@ def test_roles_and_important_classes_can_be_given(grid):
 
 
 def test_write_table1_csv_contract_and_renderings(grid):
-    table = protocol.table1(protocol.select_all(protocol.load_runs(grid)))
+    table = tables.table1(protocol.select_all(protocol.load_runs(grid)))
     out = grid.parent / "results"
-    paths = protocol.write_table1(table, out)
+    paths = tables.write_table1(table, out)
     assert sorted(p.name for p in out.iterdir()) == ["table1.csv", "table1.md", "table1.tex"]  # no temp files
     assert paths["csv"] == out / "table1.csv"
     lines = (out / "table1.csv").read_text().splitlines()
-    assert lines[0] == ",".join(protocol.TABLE1_COLUMNS)
+    assert lines[0] == ",".join(tables.TABLE1_COLUMNS)
     csv = pd.read_csv(out / "table1.csv", keep_default_na=False, dtype=str)
     assert set(csv["qualified"]) == {"true", "false"}
     crwwce = csv[(csv["method"] == "CRWWCE") & (csv["important"] == "worst1")].iloc[0]
@@ -269,10 +275,10 @@ def test_write_table1_csv_contract_and_renderings(grid):
 
 
 def test_paper_table1_is_carried_as_data():
-    paper = protocol.paper_table1()
+    paper = tables.paper_table1()
     assert list(paper.columns) == ["dataset", "important", "method", "recall", "accuracy"]
     assert len(paper) == 32
-    assert set(paper["method"]) == set(protocol.TABLE1_METHODS)
+    assert set(paper["method"]) == set(tables.TABLE1_METHODS) - {"CE+bias"}  # the paper has no CE+bias
     assert paper.set_index(["dataset", "important", "method"]).at[("AwA2", "median", "CE"), "recall"] == 0.5599
 
 

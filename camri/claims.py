@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from camri.io import atomic_write_text
+from camri.protocol import display_dataset
 from camri.significance import format_difference, paired_difference
 
 HOLDS, FAILS, NOT_SHOWN, UNCHECKABLE = "holds", "does not hold", "not shown", "not checkable"
@@ -176,7 +177,13 @@ def check_claims(selections: pd.DataFrame, important: Mapping[str, pd.DataFrame]
         rows += [_versus_claim("versus", dataset, role, class_name, camri, chosen.get(m), m, split) for m in VERSUS]
         rows.append(_angle_claim(dataset, role, class_name, camri, chosen.get("CE")))
     rows += [_best_claim(cells, with_bias=False), _best_claim(cells, with_bias=True)]
-    return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))
+    table = pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))
+    # Data sets as a reader knows them (CIFAR-10, not a local imagefolder: path), in the table and the evidence.
+    for name in dict.fromkeys(maintaining["dataset"]):
+        shown = display_dataset(name)
+        table["dataset"] = table["dataset"].replace(name, shown)
+        table["evidence"] = table["evidence"].str.replace(name, shown, regex=False)
+    return table
 
 
 def summary_lines(claims: pd.DataFrame) -> list[str]:

@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh Linux machine with Python 3.11:
 #   make reproduce   the demo reproduction (embedded digits data set, CPU, minutes)
-#   make test        the linter (ruff check) and the test suite (as root also on a one-node SLURM cluster:
-#                    docs/scale-out.md)
+#   make test        the linter and format check (ruff) and the test suite (as root also on a
+#                    one-node SLURM cluster: docs/scale-out.md)
 # Both create or update .venv from pyproject.toml when it is missing or older than pyproject.toml.
 
 PYTHON ?= python3.11
@@ -28,6 +28,7 @@ reproduce: $(STAMP)
 # it after pytest, also when tests fail; without root they skip. CAMRI_SLURM=0 starts nothing.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	scripts/with-slurm.sh $(VENV)/bin/python -m pytest
 
 # Mutation testing of losses, protocol, io and train against their tests (docs/testing.md). Not part of

@@ -45,24 +45,32 @@ def row_errors(row: dict, agreement: float = AGREEMENT) -> list[str]:
             continue
         fraction = rate * row["train_gflop_per_img"] * 1e9 / peak
         if not math.isfinite(fraction) or fraction > 1.0:
-            errors.append(f"{name}: {what} at {rate:.1f} img/s is {100 * fraction:.0f}% of the measured "
-                          f"{row['peak_dtype']} peak ({row['peak_gflop_s']:.1f} GFLOP/s): above the physical limit")
+            errors.append(
+                f"{name}: {what} at {rate:.1f} img/s is {100 * fraction:.0f}% of the measured "
+                f"{row['peak_dtype']} peak ({row['peak_gflop_s']:.1f} GFLOP/s): above the physical limit"
+            )
     eval_rate = row.get("camri_eval_img_s")
     if eval_rate is not None:
         fraction = eval_rate * row["eval_gflop_per_img"] * 1e9 / peak
         if not math.isfinite(fraction) or fraction > 1.0:
-            errors.append(f"{name}: evaluation at {eval_rate:.1f} img/s is {100 * fraction:.0f}% of the measured "
-                          f"{row['peak_dtype']} peak ({row['peak_gflop_s']:.1f} GFLOP/s): above the physical limit")
+            errors.append(
+                f"{name}: evaluation at {eval_rate:.1f} img/s is {100 * fraction:.0f}% of the measured "
+                f"{row['peak_dtype']} peak ({row['peak_gflop_s']:.1f} GFLOP/s): above the physical limit"
+            )
         if eval_rate < row["camri_img_s"]:
-            errors.append(f"{name}: evaluation ({eval_rate:.1f} img/s) is slower per image than training "
-                          f"({row['camri_img_s']:.1f} img/s), though it is the forward pass alone")
+            errors.append(
+                f"{name}: evaluation ({eval_rate:.1f} img/s) is slower per image than training "
+                f"({row['camri_img_s']:.1f} img/s), though it is the forward pass alone"
+            )
     real = row.get("real_img_s")
     if real is not None and row.get("real_comparable", True):
         ratio = real / row["camri_img_s"]
         if not abs(ratio - 1) <= agreement:
-            errors.append(f"{name}: the loop's {row['camri_img_s']:.1f} img/s and the real camri train's "
-                          f"{real:.1f} img/s (its log) differ by {100 * (ratio - 1):+.0f}%, more than "
-                          f"{100 * agreement:.0f}%")
+            errors.append(
+                f"{name}: the loop's {row['camri_img_s']:.1f} img/s and the real camri train's "
+                f"{real:.1f} img/s (its log) differ by {100 * (ratio - 1):+.0f}%, more than "
+                f"{100 * agreement:.0f}%"
+            )
     return errors
 
 
@@ -88,8 +96,10 @@ def targets(rows: list[dict]) -> list[str]:
         if r.get("plain_img_s"):
             ratio = r["camri_img_s"] / r["plain_img_s"]
             add(ratio >= 0.90, f"{name}: camri's loop within 10% of a plain loop ({ratio:.2f}x)")
-        add(r["eval_share_of_epoch"] <= 0.15, f"{name}: evaluation <= 15% of an epoch "
-                                              f"({100 * r['eval_share_of_epoch']:.1f}%)")
+        add(
+            r["eval_share_of_epoch"] <= 0.15,
+            f"{name}: evaluation <= 15% of an epoch ({100 * r['eval_share_of_epoch']:.1f}%)",
+        )
         if r.get("real_img_s") is not None and r.get("real_comparable", True):
             ratio = r["real_img_s"] / r["camri_img_s"]
             add(abs(ratio - 1) <= AGREEMENT, f"{name}: loop within 20% of the real run ({ratio:.2f}x)")
@@ -105,6 +115,11 @@ def bf16_speedups(rows: list[dict]) -> list[tuple[float, str, float]]:
     out = []
     for r in _find(rows, dtype="bfloat16", native_bf16=True):
         for f in _find(rows, dtype="float32", width=r["width"], channels_last=r["channels_last"]):
-            out.append((r["width"], "channels_last" if r["channels_last"] else "NCHW",
-                        round(r["camri_img_s"] / f["camri_img_s"], 3)))
+            out.append(
+                (
+                    r["width"],
+                    "channels_last" if r["channels_last"] else "NCHW",
+                    round(r["camri_img_s"] / f["camri_img_s"], 3),
+                )
+            )
     return out

@@ -118,9 +118,13 @@ def epoch_estimate(jsonl: Path, device: str, width: float) -> float | None:
         return None
     for line in jsonl.read_text().splitlines():
         row = json.loads(line)
-        if (row.get("device") == device and row.get("width") == width and "cifar10_epoch_s" in row
-                and not row.get("errors")  # a row that failed the benchmark's checks is no estimate
-                and row.get("dtype") == ("bfloat16" if device == "cuda" else "float32")):
+        if (
+            row.get("device") == device
+            and row.get("width") == width
+            and "cifar10_epoch_s" in row
+            and not row.get("errors")  # a row that failed the benchmark's checks is no estimate
+            and row.get("dtype") == ("bfloat16" if device == "cuda" else "float32")
+        ):
             return float(row["cifar10_epoch_s"])
     return None
 
@@ -154,21 +158,44 @@ def train_runs(args, log: Log, spec: str, scratch: Path, deadline: float, jsonl:
         epochs = max(1, min(300, math.floor(left * 0.9 / (per_epoch * slowdown))))
     else:
         epochs = 1
-    log(f"{len(runs)} runs ({', '.join(f'{loss} seed {s}' for loss, s in runs)}), width {width}, {epochs} epochs "
-        f"(estimated {per_epoch} s per epoch alone, {left:.0f} s left)")
+    log(
+        f"{len(runs)} runs ({', '.join(f'{loss} seed {s}' for loss, s in runs)}), width {width}, {epochs} epochs "
+        f"(estimated {per_epoch} s per epoch alone, {left:.0f} s left)"
+    )
     cat = dataset.classes.index(args.important) if args.important in dataset.classes else int(args.important)
     out_root = scratch / "runs"
     procs = []
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // len(runs)))}
     for loss, seed in runs:
-        config = dict(dataset=spec, loss=loss, important=[cat], margin=[paper_margin(4)], scale=16.0,
-                      epochs=epochs, width=width, z_dim=args.z_dim, bn_momentum=0.01, seed=seed,
-                      device=args.device, data_dir=str(data_dir))
+        config = dict(
+            dataset=spec,
+            loss=loss,
+            important=[cat],
+            margin=[paper_margin(4)],
+            scale=16.0,
+            epochs=epochs,
+            width=width,
+            z_dim=args.z_dim,
+            bn_momentum=0.01,
+            seed=seed,
+            device=args.device,
+            data_dir=str(data_dir),
+        )
         out = out_root / f"{loss}-seed{seed}"
         out.mkdir(parents=True)
         log_file = open(out / "log.txt", "w")
-        procs.append((subprocess.Popen([sys.executable, "-c", TRAIN_CHILD, json.dumps(config), str(out)],
-                                       stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT), out))
+        procs.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, "-c", TRAIN_CHILD, json.dumps(config), str(out)],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=ROOT,
+                ),
+                out,
+            )
+        )
     while any(p.poll() is None for p, _ in procs) and time.time() < deadline - 30:
         time.sleep(2)
     for p, out in procs:
@@ -207,8 +234,13 @@ def parse_args(argv=None):
     p.add_argument("--z-dim", type=int, default=512)
     p.add_argument("--epochs", type=int, default=None, help="fixed epochs (default: what the budget allows)")
     p.add_argument("--quick", action="store_true", help="tiny benchmark settings: a smoke test of this script")
-    p.add_argument("--pack", nargs=2, type=Path, metavar=("ZIP", "TAR_XZ"),
-                   help="only repack a data zip as a solid .tar.xz for carrying, and exit")
+    p.add_argument(
+        "--pack",
+        nargs=2,
+        type=Path,
+        metavar=("ZIP", "TAR_XZ"),
+        help="only repack a data zip as a solid .tar.xz for carrying, and exit",
+    )
     return p.parse_args(argv)
 
 
@@ -224,28 +256,59 @@ def main(argv=None) -> int:
     jsonl = args.out / "throughput.jsonl"
     bench_log = open(args.out / "throughput.log", "a")
     py = [sys.executable, str(THROUGHPUT), "--device", args.device]
-    tiny = (["--quick", "--widths", "0.0625", "--seconds", "0.05", "--batch-size", "8", "--threads", "1"]
-            if args.quick else [])
+    tiny = (
+        ["--quick", "--widths", "0.0625", "--seconds", "0.05", "--batch-size", "8", "--threads", "1"]
+        if args.quick
+        else []
+    )
     # Shares of the budget: the table 40% (it includes a real camri train per row), concurrency 12%,
     # members 12%; the training runs get the rest.
     budget = args.budget_s
     table = tiny + ["--dtypes", "float32"] if args.quick else ["--real-run-batches", "200"]
     with open(jsonl, "a") as out:
-        rc = run_step(log, py + table + ["--doc", str(args.out / f"performance-{args.device}.md"), "--pngs",
-                                         "64" if args.quick else "2048"], 0.40 * budget, out, bench_log)
+        rc = run_step(
+            log,
+            py
+            + table
+            + ["--doc", str(args.out / f"performance-{args.device}.md"), "--pngs", "64" if args.quick else "2048"],
+            0.40 * budget,
+            out,
+            bench_log,
+        )
         if rc != 0:
-            log(f"the benchmark table exited with status {rc} (1: a row failed its checks; see "
-                f"performance-{args.device}.md, 'Rejected', and throughput.log)")
+            log(
+                f"the benchmark table exited with status {rc} (1: a row failed its checks; see "
+                f"performance-{args.device}.md, 'Rejected', and throughput.log)"
+            )
         small = tiny or ["--widths", "0.25", "--seconds", "4"]
-        run_step(log, py + small + ["--dtypes", "bfloat16" if args.device == "cuda" else "float32",
-                                    "--concurrency", "1,2" if args.quick else "1,2,4,8",
-                                    "--worker-startup-s", "0" if args.quick else "15"], 0.12 * budget, out, bench_log)
+        run_step(
+            log,
+            py
+            + small
+            + [
+                "--dtypes",
+                "bfloat16" if args.device == "cuda" else "float32",
+                "--concurrency",
+                "1,2" if args.quick else "1,2,4,8",
+                "--worker-startup-s",
+                "0" if args.quick else "15",
+            ],
+            0.12 * budget,
+            out,
+            bench_log,
+        )
         dtype = ["--dtypes", "bfloat16" if args.device == "cuda" else "float32"]
-        run_step(log, py + small + dtype + ["--members", "1,2" if args.quick else "1,2,4,8"], 0.08 * budget, out,
-                 bench_log)
+        run_step(
+            log, py + small + dtype + ["--members", "1,2" if args.quick else "1,2,4,8"], 0.08 * budget, out, bench_log
+        )
         if not args.quick:
-            run_step(log, py + ["--widths", "1.0", "--seconds", "3"] + dtype + ["--members", "1,2,4"],
-                     0.04 * budget, out, bench_log)
+            run_step(
+                log,
+                py + ["--widths", "1.0", "--seconds", "3"] + dtype + ["--members", "1,2,4"],
+                0.04 * budget,
+                out,
+                bench_log,
+            )
     if args.data:
         with tempfile.TemporaryDirectory(prefix="camri-gpu-") as scratch:
             scratch = Path(scratch)

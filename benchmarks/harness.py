@@ -31,6 +31,7 @@ def loadavg() -> list[float]:
 
 # ---- the machine --------------------------------------------------------------------------------------
 
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -62,11 +63,20 @@ def sync(device: torch.device) -> None:
 
 # ---- the model, as camri builds it ---------------------------------------------------------------
 
+
 def model_config(args, width: float) -> TrainConfig:
     """The benchmarked run's configuration: ``camri train`` with these settings trains the same model."""
-    return TrainConfig(dataset="synthetic-cifar10", loss=args.loss, important=[3] if LOSSES[args.loss].class_specific
-                       else [], width=width, z_dim=args.z_dim, batch_size=args.batch_size,
-                       eval_batch_size=args.eval_batch_size, seed=0, device=args.device)
+    return TrainConfig(
+        dataset="synthetic-cifar10",
+        loss=args.loss,
+        important=[3] if LOSSES[args.loss].class_specific else [],
+        width=width,
+        z_dim=args.z_dim,
+        batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
+        seed=0,
+        device=args.device,
+    )
 
 
 def make_model(args, width: float, placement: Placement):
@@ -79,8 +89,9 @@ def make_model(args, width: float, placement: Placement):
     return model, optimizer
 
 
-def synthetic_dataset(n_train: int, n_test: int, seed: int = 0, device: torch.device | str = "cpu"
-                      ) -> camri_data.DataSet:
+def synthetic_dataset(
+    n_train: int, n_test: int, seed: int = 0, device: torch.device | str = "cpu"
+) -> camri_data.DataSet:
     g = torch.Generator().manual_seed(seed)
     return camri_data.DataSet(
         name="synthetic-cifar10",
@@ -88,10 +99,12 @@ def synthetic_dataset(n_train: int, n_test: int, seed: int = 0, device: torch.de
         y_train=torch.randint(0, 10, (n_train,), generator=g).to(device),
         x_test=torch.randint(0, 256, (n_test, 3, 32, 32), dtype=torch.uint8, generator=g).to(device),
         y_test=torch.randint(0, 10, (n_test,), generator=g).to(device),
-        classes=list(CLASSES))
+        classes=list(CLASSES),
+    )
 
 
 # ---- camri's loop ---------------------------------------------------------------------------------------
+
 
 class CamriLoop:
     """camri's public training API (camri.loop) for one configuration: ``build_model`` once, then
@@ -105,8 +118,9 @@ class CamriLoop:
 
     def train(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> EpochResult:
         self.epoch += 1
-        return train_epoch(self.model, self.optimizer, x, y, batch_size=batch, seed=0, epoch=self.epoch,
-                           placement=self.placement)
+        return train_epoch(
+            self.model, self.optimizer, x, y, batch_size=batch, seed=0, epoch=self.epoch, placement=self.placement
+        )
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> int:
         """Evaluates (x, y); the number of images evaluated."""
@@ -122,5 +136,3 @@ def time_calls(fn, seconds: float, min_calls: int = 1) -> tuple[float, list[floa
         results.append(fn())
         times.append(time.perf_counter() - start)
     return sum(times), times, results
-
-

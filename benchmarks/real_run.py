@@ -44,20 +44,62 @@ def parse_epoch_rates(log: str) -> dict:
     Raises ValueError when there is none (the run failed, or its log format changed)."""
     found = EPOCH_RATES.findall(log)
     if not found:
-        raise ValueError("no epoch line with 'training N images at R img/s' in the camri train log; its "
-                         f"end:\n{log[-1500:]}")
+        raise ValueError(
+            f"no epoch line with 'training N images at R img/s' in the camri train log; its end:\n{log[-1500:]}"
+        )
     images, rate, eval_images, eval_rate = found[-1]
-    return {"images": int(images), "img_s": float(rate), "eval_images": int(eval_images),
-            "eval_img_s": float(eval_rate)}
+    return {
+        "images": int(images),
+        "img_s": float(rate),
+        "eval_images": int(eval_images),
+        "eval_img_s": float(eval_rate),
+    }
 
 
-def train_command(dataset: str, data_dir: Path, out: Path, *, loss: str, width: float, z_dim: int,
-                  batch_size: int, eval_batch_size: int, device: str, bf16: bool, channels_last: bool) -> list[str]:
-    command = [sys.executable, "-m", "camri", "train", "--dataset", dataset, "--data-dir", str(data_dir),
-               "--loss", loss, "--width", str(width), "--z-dim", str(z_dim), "--epochs", "1",
-               "--batch-size", str(batch_size), "--eval-batch-size", str(eval_batch_size), "--device", device,
-               "--amp", "bf16" if bf16 else "off", "--channels-last", "on" if channels_last else "off",
-               "--out", str(out)]
+def train_command(
+    dataset: str,
+    data_dir: Path,
+    out: Path,
+    *,
+    loss: str,
+    width: float,
+    z_dim: int,
+    batch_size: int,
+    eval_batch_size: int,
+    device: str,
+    bf16: bool,
+    channels_last: bool,
+) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "camri",
+        "train",
+        "--dataset",
+        dataset,
+        "--data-dir",
+        str(data_dir),
+        "--loss",
+        loss,
+        "--width",
+        str(width),
+        "--z-dim",
+        str(z_dim),
+        "--epochs",
+        "1",
+        "--batch-size",
+        str(batch_size),
+        "--eval-batch-size",
+        str(eval_batch_size),
+        "--device",
+        device,
+        "--amp",
+        "bf16" if bf16 else "off",
+        "--channels-last",
+        "on" if channels_last else "off",
+        "--out",
+        str(out),
+    ]
     if loss in ("wce", "crwwce", "camri"):
         command += ["--important", "3"]
     return command
@@ -68,8 +110,9 @@ def real_run(command: list[str], out: Path, threads: int, timeout_s: float) -> d
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout_s)
     if result.returncode != 0:
-        raise RuntimeError(f"camri train failed (exit {result.returncode}): {' '.join(command)}\n"
-                           f"{result.stderr[-2000:]}")
+        raise RuntimeError(
+            f"camri train failed (exit {result.returncode}): {' '.join(command)}\n{result.stderr[-2000:]}"
+        )
     rates = parse_epoch_rates(result.stderr)
     with open(out / "metrics.csv") as f:
         rates["epoch_s"] = float(list(csv.DictReader(f))[-1]["seconds"])

@@ -20,8 +20,10 @@ def _real(row: dict) -> str:
 def _real_epoch(row: dict) -> str:
     if "real_epoch_s" not in row:
         return "—"
-    return (f"{duration(row['real_epoch_s'])} / {row['real_batches']} batches, "
-            f"{100 * row['real_epoch_fraction_of_peak']:.1f}%")
+    return (
+        f"{duration(row['real_epoch_s'])} / {row['real_batches']} batches, "
+        f"{100 * row['real_epoch_fraction_of_peak']:.1f}%"
+    )
 
 
 def table_markdown(rows: list[dict], command: str, info: dict, started: str) -> str:
@@ -52,7 +54,8 @@ def table_markdown(rows: list[dict], command: str, info: dict, started: str) -> 
             f"{r['conventional_img_s']:.1f} ({r['speedup_vs_conventional']:.2f}x) | {_real(r)} | {_real_epoch(r)} | "
             f"{r['camri_eval_img_s']:.1f} | {100 * r['eval_share_of_epoch']:.1f}% | {r['train_gflop_per_img']:.3f} | "
             f"{r['peak_gflop_s']:.1f} {r['peak_dtype']} | "
-            f"{r['loadavg_start'][0] if r['loadavg_start'] else '?'}-{r['loadavg'][0] if r['loadavg'] else '?'} |")
+            f"{r['loadavg_start'][0] if r['loadavg_start'] else '?'}-{r['loadavg'][0] if r['loadavg'] else '?'} |"
+        )
     if not accepted:
         lines.append("| (no row passed the checks) |" + " |" * 13)
     if rejected:
@@ -66,8 +69,11 @@ def table_markdown(rows: list[dict], command: str, info: dict, started: str) -> 
         lines += ["", "Targets (issue 13):"] + [f"- {g}" for g in goals]
     speedups = checks.bf16_speedups(accepted)
     if speedups:
-        lines += ["", "bf16 autocast / float32, camri loop img/s (native bf16): "
-                  + ", ".join(f"width {w} {layout}: {ratio:.2f}x" for w, layout, ratio in speedups)]
+        lines += [
+            "",
+            "bf16 autocast / float32, camri loop img/s (native bf16): "
+            + ", ".join(f"width {w} {layout}: {ratio:.2f}x" for w, layout, ratio in speedups),
+        ]
     return "\n".join(lines) + "\n"
 
 

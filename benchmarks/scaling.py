@@ -26,16 +26,26 @@ def worker(args) -> int:
     device = torch.device(args.device)
     b = args.batch_size
     pool = synthetic_dataset(max(4096, b), 64, device=device)
-    loop = CamriLoop(args, args.widths[0], args.dtypes[0] == "bfloat16",
-                     resolve_channels_last(args.channels_last[0], device), device)
+    loop = CamriLoop(
+        args, args.widths[0], args.dtypes[0] == "bfloat16", resolve_channels_last(args.channels_last[0], device), device
+    )
     loop.train(pool.x_train[:b], pool.y_train[:b], b)  # warm-up
     n = max(1, min(len(pool.y_train) // b, 8)) * b
     if args.start_at:
         time.sleep(max(0.0, args.start_at - time.time()))
     begin = time.time()
     total, _, results = time_calls(lambda: loop.train(pool.x_train[:n], pool.y_train[:n], b), args.seconds)
-    print(json.dumps({"img_s": sum(r.images for r in results) / total, "begin": begin,
-                      "end": time.time(), "threads": torch.get_num_threads()}), flush=True)
+    print(
+        json.dumps(
+            {
+                "img_s": sum(r.images for r in results) / total,
+                "begin": begin,
+                "end": time.time(),
+                "threads": torch.get_num_threads(),
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 
@@ -44,11 +54,29 @@ def concurrency(args) -> list[dict]:
     rows = []
     for k in args.concurrency:
         threads = args.threads or max(1, cores // k)
-        command = [sys.executable, str(THROUGHPUT), "--worker", "--device", args.device,
-                   "--widths", str(args.widths[0]),
-                   "--dtypes", args.dtypes[0], "--batch-size", str(args.batch_size), "--seconds", str(args.seconds),
-                   "--threads", str(threads), "--loss", args.loss, "--channels-last", args.channels_last[0],
-                   "--start-at", str(time.time() + args.worker_startup_s)]
+        command = [
+            sys.executable,
+            str(THROUGHPUT),
+            "--worker",
+            "--device",
+            args.device,
+            "--widths",
+            str(args.widths[0]),
+            "--dtypes",
+            args.dtypes[0],
+            "--batch-size",
+            str(args.batch_size),
+            "--seconds",
+            str(args.seconds),
+            "--threads",
+            str(threads),
+            "--loss",
+            args.loss,
+            "--channels-last",
+            args.channels_last[0],
+            "--start-at",
+            str(time.time() + args.worker_startup_s),
+        ]
         if args.compile:
             command.append("--compile")
         load_start = loadavg()
@@ -61,19 +89,30 @@ def concurrency(args) -> list[dict]:
             results.append(json.loads(out.strip().splitlines()[-1]))
         overlap = min(r["end"] for r in results) - max(r["begin"] for r in results)
         span = max(r["end"] - r["begin"] for r in results)
-        row = {"kind": "concurrency", "processes": k, "threads_per_process": threads, "width": args.widths[0],
-               "device": args.device, "dtype": args.dtypes[0], "batch_size": args.batch_size,
-               "aggregate_img_s": round(sum(r["img_s"] for r in results), 2),
-               "per_process_img_s": [round(r["img_s"], 2) for r in results],
-               "overlap_fraction": round(max(0.0, overlap) / span, 3) if span > 0 else 1.0,
-               "loadavg_start": load_start, "loadavg": loadavg(), "cpu": cpu_model(), "cores": cores,
-               "torch": torch.__version__}
+        row = {
+            "kind": "concurrency",
+            "processes": k,
+            "threads_per_process": threads,
+            "width": args.widths[0],
+            "device": args.device,
+            "dtype": args.dtypes[0],
+            "batch_size": args.batch_size,
+            "aggregate_img_s": round(sum(r["img_s"] for r in results), 2),
+            "per_process_img_s": [round(r["img_s"], 2) for r in results],
+            "overlap_fraction": round(max(0.0, overlap) / span, 3) if span > 0 else 1.0,
+            "loadavg_start": load_start,
+            "loadavg": loadavg(),
+            "cpu": cpu_model(),
+            "cores": cores,
+            "torch": torch.__version__,
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
 
 
 # ---- K seeds as one stacked model ---------------------------------------------------------------------
+
 
 def members(args) -> list[dict]:
     """Aggregate training images/s of K independent networks stacked in one model (PaperCNN(members=K):
@@ -117,14 +156,25 @@ def members(args) -> list[dict]:
         img_s = k * b * len(times) / total
         if k == 1:
             base = img_s
-        row = {"kind": "members", "members": k, "width": width, "device": device.type, "dtype": args.dtypes[0],
-               "batch_size_per_member": b, "channels_last": channels_last, "threads": torch.get_num_threads(),
-               "aggregate_img_s": round(img_s, 2), "img_s_per_member": round(img_s / k, 2),
-               "vs_one_run": round(img_s / base, 3) if base else None, "steps": len(times),
-               "loadavg_start": load_start, "loadavg": loadavg(), "cpu": cpu_model(), "torch": torch.__version__}
+        row = {
+            "kind": "members",
+            "members": k,
+            "width": width,
+            "device": device.type,
+            "dtype": args.dtypes[0],
+            "batch_size_per_member": b,
+            "channels_last": channels_last,
+            "threads": torch.get_num_threads(),
+            "aggregate_img_s": round(img_s, 2),
+            "img_s_per_member": round(img_s / k, 2),
+            "vs_one_run": round(img_s / base, 3) if base else None,
+            "steps": len(times),
+            "loadavg_start": load_start,
+            "loadavg": loadavg(),
+            "cpu": cpu_model(),
+            "torch": torch.__version__,
+        }
         print(json.dumps(row), flush=True)
         log(f"{k} member(s): {img_s:.1f} img/s in total, {img_s / k:.1f} per member")
         rows.append(row)
     return rows
-
-

@@ -63,8 +63,17 @@ import scaling  # noqa: E402
 from camri import data as camri_data  # noqa: E402
 from camri.loop import Placement, build_model  # noqa: E402
 from camri.train import TrainConfig, cpu_has_bf16, resolve_channels_last  # noqa: E402
-from harness import (CamriLoop, loadavg, log, machine, make_model, model_config, sync,  # noqa: E402
-                     synthetic_dataset, time_calls)
+from harness import (  # noqa: E402
+    CamriLoop,
+    loadavg,
+    log,
+    machine,
+    make_model,
+    model_config,
+    sync,  # noqa: E402
+    synthetic_dataset,
+    time_calls,
+)
 from real_run import write_pngs  # noqa: E402
 
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
@@ -73,6 +82,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 # ---- the hardware limit -------------------------------------------------------------------------------
+
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, sizes: list[int], seconds: float) -> tuple[float, int]:
     """Best dense matmul rate (FLOP/s) over square sizes; stops growing when a size would be too slow."""
@@ -91,18 +101,19 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, sizes: list[int], seco
             elapsed = time.perf_counter() - start
             spent += elapsed
             calls += 1
-            rate = 2 * n ** 3 / elapsed
+            rate = 2 * n**3 / elapsed
             if rate > best:
                 best, best_n = rate, n
             if spent > 2 * per_size:
                 break
         # The next size costs 8x as much: stop when it would not fit its share.
-        if 8 * 2 * n ** 3 / best > per_size:
+        if 8 * 2 * n**3 / best > per_size:
             break
     return best, best_n
 
 
 # ---- the model, as camri builds it, and its FLOPs ----------------------------------------------------
+
 
 def count_flops(args, width: float, device: torch.device) -> tuple[float, float]:
     """(training FLOPs per image: forward + backward, evaluation FLOPs per image: forward)."""
@@ -122,8 +133,16 @@ def count_flops(args, width: float, device: torch.device) -> tuple[float, float]
     return train, counter.get_total_flops() / n
 
 
-def measure_camri(loop: CamriLoop, pool: camri_data.DataSet, batch: int, eval_batch: int, seconds: float,
-                  notes: list[str], train_flop: float, peak: float) -> dict:
+def measure_camri(
+    loop: CamriLoop,
+    pool: camri_data.DataSet,
+    batch: int,
+    eval_batch: int,
+    seconds: float,
+    notes: list[str],
+    train_flop: float,
+    peak: float,
+) -> dict:
     """Training images/s of camri.loop.train_epoch, then of evaluate. Time-boxed; see the module doc.
     The images counted are those the calls report they processed (``EpochResult.images``)."""
     # A step predicted (at half the dtype's matmul peak) to take over twice the time box is measured on
@@ -132,8 +151,9 @@ def measure_camri(loop: CamriLoop, pool: camri_data.DataSet, batch: int, eval_ba
     predicted = train_flop * batch / (0.5 * peak)
     if predicted > 2 * seconds:
         mbatch = int(max(2, min(batch, seconds / 2 * 0.5 * peak / train_flop)))
-        notes.append(f"a step of {batch} images was predicted to take ~{predicted:.0f} s: measured on "
-                     f"batches of {mbatch}")
+        notes.append(
+            f"a step of {batch} images was predicted to take ~{predicted:.0f} s: measured on batches of {mbatch}"
+        )
     x, y = pool.x_train, pool.y_train
     start = time.perf_counter()
     warm = loop.train(x[:mbatch], y[:mbatch], mbatch)  # warm-up at the measured shape
@@ -153,12 +173,18 @@ def measure_camri(loop: CamriLoop, pool: camri_data.DataSet, batch: int, eval_ba
     x_test, y_test = pool.x_test[:n_eval], pool.y_test[:n_eval]
     loop.evaluate(x_test, y_test, min(eval_batch, n_eval))  # warm-up
     eval_total, _, counts = time_calls(lambda: loop.evaluate(x_test, y_test, min(eval_batch, n_eval)), seconds / 2)
-    return {"camri_img_s": train_rate, "camri_img_s_calls": [round(r.images / t, 2) for r, t in zip(results, times)],
-            "camri_eval_img_s": sum(counts) / eval_total, "measured_batch_size": mbatch,
-            "measured_eval_images": n_eval, "train_images_timed": images}
+    return {
+        "camri_img_s": train_rate,
+        "camri_img_s_calls": [round(r.images / t, 2) for r, t in zip(results, times)],
+        "camri_eval_img_s": sum(counts) / eval_total,
+        "measured_batch_size": mbatch,
+        "measured_eval_images": n_eval,
+        "train_images_timed": images,
+    }
 
 
 # ---- reference loops ------------------------------------------------------------------------------------
+
 
 def timed_steps(step, batch: int, seconds: float, device: torch.device) -> float:
     """Images/s of ``step()`` (one training step of ``batch`` images) over ``seconds``, after a warm-up."""
@@ -172,8 +198,16 @@ def timed_steps(step, batch: int, seconds: float, device: torch.device) -> float
     return images / (time.perf_counter() - start)
 
 
-def measure_plain(args, width: float, bf16: bool, channels_last: bool, device: torch.device,
-                  pool: camri_data.DataSet, batch: int, seconds: float) -> float:
+def measure_plain(
+    args,
+    width: float,
+    bf16: bool,
+    channels_last: bool,
+    device: torch.device,
+    pool: camri_data.DataSet,
+    batch: int,
+    seconds: float,
+) -> float:
     """Images/s of a plain loop: the same model and Adam, random batches of the in-memory uint8 tensors
     scaled to [0, 1], the same autocast and memory format, and nothing else (no metrics, no NaN check)."""
     model, optimizer = make_model(args, width, Placement(device, amp=bf16, channels_last=channels_last))
@@ -196,17 +230,25 @@ def measure_plain(args, width: float, bf16: bool, channels_last: bool, device: t
     return timed_steps(step, batch, seconds, device)
 
 
-def measure_conventional(args, width: float, bf16: bool, channels_last: bool, device: torch.device,
-                         png_dir: Path, batch: int, seconds: float) -> float:
+def measure_conventional(
+    args, width: float, bf16: bool, channels_last: bool, device: torch.device, png_dir: Path, batch: int, seconds: float
+) -> float:
     """Images/s of the textbook loop: ImageFolder(PNG) + ToTensor + DataLoader, same model and step."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
     model, optimizer = make_model(args, width, Placement(device, amp=bf16, channels_last=channels_last))
     dataset = datasets.ImageFolder(str(png_dir), transform=transforms.ToTensor())
-    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=args.num_workers,
-                        pin_memory=device.type == "cuda", drop_last=True,
-                        persistent_workers=args.num_workers > 0, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=args.num_workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        persistent_workers=args.num_workers > 0,
+        generator=torch.Generator().manual_seed(0),
+    )
     model.train()
 
     def batches():
@@ -234,6 +276,7 @@ def measure_conventional(args, width: float, bf16: bool, channels_last: bool, de
 
 # ---- a real camri train of the same shape -----------------------------------------------------------------
 
+
 class RealData:
     """Image folders of random PNGs for the real runs, written once per size, and their camri cache."""
 
@@ -244,12 +287,14 @@ class RealData:
         if (n_train, n_test) not in self.names:
             log(f"writing {n_train} + {n_test} PNGs for the real camri train runs")
             self.names[n_train, n_test] = real_run.write_imagefolder(
-                self.root / f"set-{n_train}-{n_test}", n_train, n_test)
+                self.root / f"set-{n_train}-{n_test}", n_train, n_test
+            )
         return self.names[n_train, n_test]
 
 
-def measure_real(args, width: float, bf16: bool, channels_last: bool, loop_rate: float, batch: int,
-                 data: RealData, notes: list[str]) -> dict:
+def measure_real(
+    args, width: float, bf16: bool, channels_last: bool, loop_rate: float, batch: int, data: RealData, notes: list[str]
+) -> dict:
     """One epoch of ``camri train`` over ``--real-run-batches`` batches of ``batch`` images (fewer when
     the loop's rate predicts more than ``--real-run-max-s``); its rates, from its log."""
     if args.no_real_run:
@@ -258,20 +303,33 @@ def measure_real(args, width: float, bf16: bool, channels_last: bool, loop_rate:
     batches = args.real_run_batches
     if batches * batch / loop_rate > args.real_run_max_s:
         batches = max(10, int(args.real_run_max_s * loop_rate / batch))
-        notes.append(f"real camri train over {batches} batches (--real-run-batches {args.real_run_batches} "
-                     f"would take over --real-run-max-s {args.real_run_max_s:.0f} s)")
+        notes.append(
+            f"real camri train over {batches} batches (--real-run-batches {args.real_run_batches} "
+            f"would take over --real-run-max-s {args.real_run_max_s:.0f} s)"
+        )
     # CIFAR-10's proportions, and a few images of each of the 10 classes in each split (with one per class
     # every angle variance is 0, and camri.metrics.relative_angle_variance divides by it).
     n_train = max(50, batches * batch)
     n_test = max(50, n_train * CIFAR_TEST // CIFAR_TRAIN)
     dataset = data.get(n_train, n_test)
     out = data.root / f"run-{width}-{'bf16' if bf16 else 'fp32'}-{int(channels_last)}-{time.monotonic_ns()}"
-    command = real_run.train_command(dataset, data.root / "data-dir", out, loss=args.loss, width=width,
-                                     z_dim=args.z_dim, batch_size=batch, eval_batch_size=args.eval_batch_size,
-                                     device=args.device, bf16=bf16, channels_last=channels_last)
+    command = real_run.train_command(
+        dataset,
+        data.root / "data-dir",
+        out,
+        loss=args.loss,
+        width=width,
+        z_dim=args.z_dim,
+        batch_size=batch,
+        eval_batch_size=args.eval_batch_size,
+        device=args.device,
+        bf16=bf16,
+        channels_last=channels_last,
+    )
     log(f"real run: {' '.join(command[1:])}")
-    result = real_run.real_run(command, out, torch.get_num_threads(),
-                               timeout_s=120 + 5 * (n_train + n_test) / loop_rate)
+    result = real_run.real_run(
+        command, out, torch.get_num_threads(), timeout_s=120 + 5 * (n_train + n_test) / loop_rate
+    )
     result["batches"] = math.ceil(result["images"] / batch)  # what it trained on (at least 50 images)
     if args.compile:
         notes.append("--compile: camri train does not compile, so its rate is not compared with the loop's")
@@ -280,8 +338,20 @@ def measure_real(args, width: float, bf16: bool, channels_last: bool, loop_rate:
 
 # ---- one configuration --------------------------------------------------------------------------------
 
-def measure_config(args, width: float, dtype: str, channels_last: bool, device: torch.device, pool,
-                   png_dir: Path, real_data: RealData, flops: dict, peaks: dict, info: dict) -> dict:
+
+def measure_config(
+    args,
+    width: float,
+    dtype: str,
+    channels_last: bool,
+    device: torch.device,
+    pool,
+    png_dir: Path,
+    real_data: RealData,
+    flops: dict,
+    peaks: dict,
+    info: dict,
+) -> dict:
     bf16 = dtype == "bfloat16"
     notes: list[str] = []
     load_start = loadavg()
@@ -306,7 +376,10 @@ def measure_config(args, width: float, dtype: str, channels_last: bool, device: 
     train_s = CIFAR_TRAIN / camri["camri_img_s"]
     eval_s = CIFAR_TEST / camri["camri_eval_img_s"]
     row = {
-        "width": width, "device": device.type, "dtype": dtype, "channels_last": channels_last,
+        "width": width,
+        "device": device.type,
+        "dtype": dtype,
+        "channels_last": channels_last,
         "camri_img_s": round(camri["camri_img_s"], 2),
         "camri_img_s_best": round(max(camri["camri_img_s_calls"]), 2),
         "camri_eval_img_s": round(camri["camri_eval_img_s"], 2),
@@ -316,7 +389,8 @@ def measure_config(args, width: float, dtype: str, channels_last: bool, device: 
         "speedup_vs_conventional": round(camri["camri_img_s"] / conventional, 3),
         "train_gflop_per_img": round(train_flop / 1e9, 4),
         "eval_gflop_per_img": round(eval_flop / 1e9, 4),
-        "peak_dtype": peak_dtype, "native_bf16": native,
+        "peak_dtype": peak_dtype,
+        "native_bf16": native,
         "peak_gflop_s": round(peak / 1e9, 1),
         "fraction_of_peak": round(camri["camri_img_s"] * train_flop / peak, 4),
         "eval_fraction_of_peak": round(camri["camri_eval_img_s"] * eval_flop / peak, 4),
@@ -335,68 +409,140 @@ def measure_config(args, width: float, dtype: str, channels_last: bool, device: 
     }
     if real:
         ideal_epoch_s = (real["images"] * train_flop + real["eval_images"] * eval_flop) / peak
-        row.update({
-            "real_img_s": real["img_s"], "real_eval_img_s": real["eval_img_s"], "real_images": real["images"],
-            "real_batches": real["batches"], "real_epoch_s": real["epoch_s"],
-            "real_vs_loop": round(real["img_s"] / camri["camri_img_s"], 3),
-            "real_fraction_of_peak": round(real["img_s"] * train_flop / peak, 4),
-            # The whole epoch (training, evaluation, checkpoint) against its FLOPs at the peak rate.
-            "real_epoch_fraction_of_peak": round(ideal_epoch_s / real["epoch_s"], 4),
-            "real_comparable": not args.compile,
-        })
-    row.update({"seconds": round(time.perf_counter() - t0, 1), "loadavg_start": load_start, "loadavg": loadavg(),
-                **info, "notes": notes})
+        row.update(
+            {
+                "real_img_s": real["img_s"],
+                "real_eval_img_s": real["eval_img_s"],
+                "real_images": real["images"],
+                "real_batches": real["batches"],
+                "real_epoch_s": real["epoch_s"],
+                "real_vs_loop": round(real["img_s"] / camri["camri_img_s"], 3),
+                "real_fraction_of_peak": round(real["img_s"] * train_flop / peak, 4),
+                # The whole epoch (training, evaluation, checkpoint) against its FLOPs at the peak rate.
+                "real_epoch_fraction_of_peak": round(ideal_epoch_s / real["epoch_s"], 4),
+                "real_comparable": not args.compile,
+            }
+        )
+    row.update(
+        {
+            "seconds": round(time.perf_counter() - t0, 1),
+            "loadavg_start": load_start,
+            "loadavg": loadavg(),
+            **info,
+            "notes": notes,
+        }
+    )
     row["errors"] = checks.row_errors(row)
     return row
 
 
 # ---- main ---------------------------------------------------------------------------------------------
 
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run (seconds; no doc)")
-    p.add_argument("--widths", type=float, nargs="+", default=None,
-                   help="channel multipliers of the paper CNN (default 1.0 0.25; 1.0 0.25 0.125 on a "
-                        "native-bf16 CPU; 0.125 with --quick)")
-    p.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPES),
-                   help="default: float32, and bfloat16 where the hardware has it (CUDA, or a CPU with "
-                        "native bf16: camri.train.cpu_has_bf16)")
-    p.add_argument("--channels-last", nargs="+", default=None, choices=("auto", "on", "off"),
-                   help="memory formats to measure, resolved as camri resolves them (auto: on for CUDA and "
-                        "CPU); default auto, and on off on a native-bf16 CPU")
+    p.add_argument(
+        "--widths",
+        type=float,
+        nargs="+",
+        default=None,
+        help="channel multipliers of the paper CNN (default 1.0 0.25; 1.0 0.25 0.125 on a "
+        "native-bf16 CPU; 0.125 with --quick)",
+    )
+    p.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=None,
+        choices=list(DTYPES),
+        help="default: float32, and bfloat16 where the hardware has it (CUDA, or a CPU with "
+        "native bf16: camri.train.cpu_has_bf16)",
+    )
+    p.add_argument(
+        "--channels-last",
+        nargs="+",
+        default=None,
+        choices=("auto", "on", "off"),
+        help="memory formats to measure, resolved as camri resolves them (auto: on for CUDA and "
+        "CPU); default auto, and on off on a native-bf16 CPU",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="training batch (64 = the paper's)")
     p.add_argument("--eval-batch-size", type=int, default=TrainConfig().eval_batch_size)
     p.add_argument("--z-dim", type=int, default=512, help="feature dimension (512 = paper; the cpu profile: 128)")
     p.add_argument("--loss", default="camri", help="head of the model (camri.losses name)")
-    p.add_argument("--seconds", type=float, default=None,
-                   help="timed seconds per measurement (default: 9 on CPU, 5 on CUDA, 0.3 with --quick)")
-    p.add_argument("--emulated-bf16-factor", type=float, default=0.5,
-                   help="scale of --seconds for bf16 on a CPU without native bf16 (it is measured anyway)")
-    p.add_argument("--real-run-batches", type=int, default=None,
-                   help="batches of the real camri train run of each configuration (default 300; 4 with --quick)")
-    p.add_argument("--real-run-max-s", type=float, default=900.0,
-                   help="fewer real-run batches when the loop's rate predicts more seconds than this")
-    p.add_argument("--no-real-run", action="store_true",
-                   help="no real camri train runs: the loop figures go unchecked against them")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="timed seconds per measurement (default: 9 on CPU, 5 on CUDA, 0.3 with --quick)",
+    )
+    p.add_argument(
+        "--emulated-bf16-factor",
+        type=float,
+        default=0.5,
+        help="scale of --seconds for bf16 on a CPU without native bf16 (it is measured anyway)",
+    )
+    p.add_argument(
+        "--real-run-batches",
+        type=int,
+        default=None,
+        help="batches of the real camri train run of each configuration (default 300; 4 with --quick)",
+    )
+    p.add_argument(
+        "--real-run-max-s",
+        type=float,
+        default=900.0,
+        help="fewer real-run batches when the loop's rate predicts more seconds than this",
+    )
+    p.add_argument(
+        "--no-real-run",
+        action="store_true",
+        help="no real camri train runs: the loop figures go unchecked against them",
+    )
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers of the conventional loop")
     p.add_argument("--pngs", type=int, default=None, help="PNG files of the conventional loop's ImageFolder")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (the loops, not camri train)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--peak-sizes", type=int, nargs="+", default=None,
-                   help="square matmul sizes for the peak (default 256..2048 on CPU, 4096 8192 on CUDA)")
-    p.add_argument("--doc", type=Path, default=None,
-                   help=f"markdown file whose table to update (default {DOC.relative_to(ROOT)} unless --quick)")
-    p.add_argument("--doc-label", default=None,
-                   help="the table's markers in --doc: <!-- throughput:LABEL:begin/end --> (default the device)")
+    p.add_argument(
+        "--peak-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="square matmul sizes for the peak (default 256..2048 on CPU, 4096 8192 on CUDA)",
+    )
+    p.add_argument(
+        "--doc",
+        type=Path,
+        default=None,
+        help=f"markdown file whose table to update (default {DOC.relative_to(ROOT)} unless --quick)",
+    )
+    p.add_argument(
+        "--doc-label",
+        default=None,
+        help="the table's markers in --doc: <!-- throughput:LABEL:begin/end --> (default the device)",
+    )
     p.add_argument("--no-doc", action="store_true", help="do not write the table")
-    p.add_argument("--profile", action="store_true",
-                   help="also print torch.profiler's top operators of camri's training step (first width/dtype)")
-    p.add_argument("--concurrency", type=lambda s: [int(v) for v in s.split(",")], default=None,
-                   metavar="K1,K2", help="measure K concurrent training processes instead (first width/dtype)")
-    p.add_argument("--members", type=lambda s: [int(v) for v in s.split(",")], default=None, metavar="K1,K2",
-                   help="measure K networks stacked in one model (K seeds at once; first width/dtype); "
-                        "vs_one_run is against K=1 when the list starts with 1")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print torch.profiler's top operators of camri's training step (first width/dtype)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=lambda s: [int(v) for v in s.split(",")],
+        default=None,
+        metavar="K1,K2",
+        help="measure K concurrent training processes instead (first width/dtype)",
+    )
+    p.add_argument(
+        "--members",
+        type=lambda s: [int(v) for v in s.split(",")],
+        default=None,
+        metavar="K1,K2",
+        help="measure K networks stacked in one model (K seeds at once; first width/dtype); "
+        "vs_one_run is against K=1 when the list starts with 1",
+    )
     p.add_argument("--worker-startup-s", type=float, default=20.0, help=argparse.SUPPRESS)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--start-at", type=float, default=None, help=argparse.SUPPRESS)
@@ -429,12 +575,13 @@ def profile(args, device: torch.device, pool) -> None:
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     b = args.batch_size
-    loop = CamriLoop(args, args.widths[0], args.dtypes[0] == "bfloat16",
-                     resolve_channels_last(args.channels_last[0], device), device)
+    loop = CamriLoop(
+        args, args.widths[0], args.dtypes[0] == "bfloat16", resolve_channels_last(args.channels_last[0], device), device
+    )
     loop.train(pool.x_train[:b], pool.y_train[:b], b)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
-        loop.train(pool.x_train[:3 * b], pool.y_train[:3 * b], b)
+        loop.train(pool.x_train[: 3 * b], pool.y_train[: 3 * b], b)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=25), file=sys.stderr)
 
@@ -454,8 +601,10 @@ def measure_peaks(args, device: torch.device, info: dict) -> dict:
         finally:
             torch.backends.cuda.matmul.allow_tf32 = previous
         peaks[dtype] = peak
-        log(f"matmul peak {dtype}{' (TF32)' if tf32 and dtype == 'float32' else ''}: {peak / 1e9:.1f} GFLOP/s "
-            f"(best at {n}^3)")
+        log(
+            f"matmul peak {dtype}{' (TF32)' if tf32 and dtype == 'float32' else ''}: {peak / 1e9:.1f} GFLOP/s "
+            f"(best at {n}^3)"
+        )
     return peaks
 
 
@@ -502,14 +651,17 @@ def main(argv=None) -> int:
         for width in args.widths:
             for dtype in args.dtypes:
                 for channels_last in layouts:
-                    row = measure_config(args, width, dtype, channels_last, device, pool, png_dir, real_data,
-                                         flops, peaks, info)
+                    row = measure_config(
+                        args, width, dtype, channels_last, device, pool, png_dir, real_data, flops, peaks, info
+                    )
                     print(json.dumps(row), flush=True)
                     real = f", real camri train {row['real_img_s']:.1f} img/s" if "real_img_s" in row else ""
-                    log(f"{checks.row_name(row)}: camri loop {row['camri_img_s']:.1f} img/s "
+                    log(
+                        f"{checks.row_name(row)}: camri loop {row['camri_img_s']:.1f} img/s "
                         f"({100 * row['fraction_of_peak']:.1f}% of peak), plain {row['plain_img_s']:.1f}, "
                         f"eval {row['camri_eval_img_s']:.1f} img/s, conventional {row['conventional_img_s']:.1f}"
-                        f"{real}; {row['seconds']} s")
+                        f"{real}; {row['seconds']} s"
+                    )
                     for error in row["errors"]:
                         log(f"ERROR {error}")
                     rows.append(row)

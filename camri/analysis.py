@@ -11,6 +11,7 @@ from typing import Any
 
 from camri import rundir
 
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return "–" if math.isnan(value) else f"{value:.4g}"
@@ -36,8 +37,9 @@ def pooled_angles(paths: Sequence[str | os.PathLike]):
     return (np.concatenate([a["theta_deg"] for a in arrays]), np.concatenate([a["labels"] for a in arrays]))
 
 
-def settings_table(runs, dataset: str, important, *, methods: Sequence[str], tolerance: float,
-                   split: str = "validation"):
+def settings_table(
+    runs, dataset: str, important, *, methods: Sequence[str], tolerance: float, split: str = "validation"
+):
     """One row per setting of ``methods`` (display names) of ``dataset``: method, hyperparameters, n_seeds,
     accuracy mean / std, qualified (maintains accuracy), then the mean recall of each important class
     (``important``: rows with role, class_index, class_name) as ``recall <role>: <class>``. For methods
@@ -53,17 +55,18 @@ def settings_table(runs, dataset: str, important, *, methods: Sequence[str], tol
         cell = cell[cell["method"].isin(methods)]
         column = f"recall {role}: {name}"
         part = cell[keys + ["n_seeds", "accuracy_mean", "accuracy_std", "qualified"]].assign(
-            **{column: cell["recall_mean"], f"{column} (std)": cell["recall_std"]})
+            **{column: cell["recall_mean"], f"{column} (std)": cell["recall_std"]}
+        )
         if table is None:
             table = part
         else:
-            table = table.merge(part, on=keys + ["n_seeds", "accuracy_mean", "accuracy_std", "qualified"],
-                                how="outer")
+            table = table.merge(part, on=keys + ["n_seeds", "accuracy_mean", "accuracy_std", "qualified"], how="outer")
     if table is None:
         return pd.DataFrame(columns=keys)
     order = {m: i for i, m in enumerate(methods)}
-    return table.sort_values(["method", "hyperparameters"], key=lambda c: c.map(order) if c.name == "method"
-                             else c, kind="stable").reset_index(drop=True)
+    return table.sort_values(
+        ["method", "hyperparameters"], key=lambda c: c.map(order) if c.name == "method" else c, kind="stable"
+    ).reset_index(drop=True)
 
 
 def relative_variance_table(runs, selections, methods: Sequence[str] = ("CE", "ArcFace", "CAMRI")):
@@ -80,20 +83,44 @@ def relative_variance_table(runs, selections, methods: Sequence[str] = ("CE", "A
     rows = []
     chosen = selections[(selections["selection"] == "maintaining") & selections["method"].isin(methods)]
     for row in chosen.itertuples(index=False):
-        values = [float(by_path.at[p, "relative_angle_variance"].get(str(row.class_index), np.nan))
-                  for p in row.paths]
-        rows.append({"cell": f"{protocol.display_dataset(row.dataset)} {row.role}: {row.class_name}",
-                     "dataset": row.dataset, "role": row.role, "class_index": row.class_index,
-                     "class_name": row.class_name, "method": row.method, "hyperparameters": row.hyperparameters,
-                     "n_seeds": len(values), "relative_variance": float(np.mean(values)),
-                     "relative_variance_std": float(np.std(values, ddof=1)) if len(values) > 1 else np.nan})
-    columns = ["cell", "dataset", "role", "class_index", "class_name", "method", "hyperparameters", "n_seeds",
-               "relative_variance", "relative_variance_std"]
+        values = [float(by_path.at[p, "relative_angle_variance"].get(str(row.class_index), np.nan)) for p in row.paths]
+        rows.append(
+            {
+                "cell": f"{protocol.display_dataset(row.dataset)} {row.role}: {row.class_name}",
+                "dataset": row.dataset,
+                "role": row.role,
+                "class_index": row.class_index,
+                "class_name": row.class_name,
+                "method": row.method,
+                "hyperparameters": row.hyperparameters,
+                "n_seeds": len(values),
+                "relative_variance": float(np.mean(values)),
+                "relative_variance_std": float(np.std(values, ddof=1)) if len(values) > 1 else np.nan,
+            }
+        )
+    columns = [
+        "cell",
+        "dataset",
+        "role",
+        "class_index",
+        "class_name",
+        "method",
+        "hyperparameters",
+        "n_seeds",
+        "relative_variance",
+        "relative_variance_std",
+    ]
     table = pd.DataFrame(rows, columns=columns)
     order = {m: i for i, m in enumerate(methods)}
-    return table.sort_values("method", key=lambda c: c.map(order), kind="stable").sort_values(
-        ["dataset", "role"], key=lambda c: c.map({r: i for i, r in enumerate(protocol.ROLES)}) if c.name == "role"
-        else c, kind="stable").reset_index(drop=True)
+    return (
+        table.sort_values("method", key=lambda c: c.map(order), kind="stable")
+        .sort_values(
+            ["dataset", "role"],
+            key=lambda c: c.map({r: i for i, r in enumerate(protocol.ROLES)}) if c.name == "role" else c,
+            kind="stable",
+        )
+        .reset_index(drop=True)
+    )
 
 
 def fig3_panels(run_dirs: Mapping[str, str | os.PathLike]):
@@ -116,14 +143,23 @@ def fig3_panels(run_dirs: Mapping[str, str | os.PathLike]):
             raise ValueError(f"{directory} was not trained with z_dim = 2: Fig. 3 needs 2-D features")
         weights = rundir.read_head_weight(directory)
         for c in important:
-            rows.append({"method": method, "accuracy": summary["accuracy"], "class": classes[c],
-                         "recall": summary["recall"][c],
-                         "circle_share": circle_share(weights, c) if weights is not None else float("nan"),
-                         "relative_variance": summary["relative_angle_variance"].get(str(c), float("nan")),
-                         "epochs": summary["epochs_completed"]})
+            rows.append(
+                {
+                    "method": method,
+                    "accuracy": summary["accuracy"],
+                    "class": classes[c],
+                    "recall": summary["recall"][c],
+                    "circle_share": circle_share(weights, c) if weights is not None else float("nan"),
+                    "relative_variance": summary["relative_angle_variance"].get(str(c), float("nan")),
+                    "epochs": summary["epochs_completed"],
+                }
+            )
         recall = ", ".join(f"recall[{classes[c]}] {summary['recall'][c]:.3f}" for c in important)
         panels[f"{method}: {recall}, accuracy {summary['accuracy']:.3f}"] = {
-            "features2d": angles["features2d"], "labels": angles["labels"], "weights": weights}
+            "features2d": angles["features2d"],
+            "labels": angles["labels"],
+            "weights": weights,
+        }
     return panels, classes, important, pd.DataFrame(rows)
 
 
@@ -136,11 +172,13 @@ def compare_selections(by_validation, by_test):
     frames = []
     for frame, suffix in ((by_validation, "validation"), (by_test, "test")):
         maintaining = frame[frame["selection"] == "maintaining"]
-        frames.append(maintaining[keys + list(columns)].rename(
-            columns={c: f"{name}_{suffix}" for c, name in columns.items()}))
+        frames.append(
+            maintaining[keys + list(columns)].rename(columns={c: f"{name}_{suffix}" for c, name in columns.items()})
+        )
     both = frames[0].merge(frames[1], on=keys, how="outer")
-    both["differs"] = ((both["class_validation"] != both["class_test"])
-                       | (both["setting_validation"] != both["setting_test"]))
+    both["differs"] = (both["class_validation"] != both["class_test"]) | (
+        both["setting_validation"] != both["setting_test"]
+    )
     return both.reset_index(drop=True)
 
 

@@ -59,8 +59,15 @@ _QUOTE = re.compile(r"(<!-- claims: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /cl
 
 
 def _row(claim, dataset, role="", class_name="", versus="", verdict=UNCHECKABLE, evidence=""):
-    return {"claim": claim, "dataset": dataset, "role": role, "class_name": class_name, "versus": versus,
-            "verdict": verdict, "evidence": evidence}
+    return {
+        "claim": claim,
+        "dataset": dataset,
+        "role": role,
+        "class_name": class_name,
+        "versus": versus,
+        "verdict": verdict,
+        "evidence": evidence,
+    }
 
 
 def _by_seed(row: Mapping, values: str) -> dict[int, float]:
@@ -98,24 +105,40 @@ def _important_claims(dataset: str, important: pd.DataFrame, split: str) -> list
     return rows
 
 
-def _versus_claim(claim: str, dataset: str, role: str, class_name: str, camri: Mapping | None,
-                  other: Mapping | None, other_name: str, split: str) -> dict:
+def _versus_claim(
+    claim: str,
+    dataset: str,
+    role: str,
+    class_name: str,
+    camri: Mapping | None,
+    other: Mapping | None,
+    other_name: str,
+    split: str,
+) -> dict:
     row = _row(claim, dataset, role, class_name, other_name)
     if camri is None or other is None:
         missing = "CAMRI" if camri is None else other_name
         return {**row, "evidence": f"no finished {missing} runs for this class"}
     if not camri["qualified"]:
-        return {**row, "verdict": FAILS,
-                "evidence": f"no CAMRI setting maintained accuracy on {split} (best: {_setting(camri)}, "
-                            f"recall {camri['recall_mean']:.3f} at accuracy {camri['accuracy_mean']:.3f})"}
+        return {
+            **row,
+            "verdict": FAILS,
+            "evidence": f"no CAMRI setting maintained accuracy on {split} (best: {_setting(camri)}, "
+            f"recall {camri['recall_mean']:.3f} at accuracy {camri['accuracy_mean']:.3f})",
+        }
     if not other["qualified"] and other_name != "CE":
-        return {**row, "verdict": HOLDS,
-                "evidence": f"no {other_name} setting maintained accuracy on {split} (the paper's empty cell); "
-                            f"CAMRI ({_setting(camri)}) did"}
+        return {
+            **row,
+            "verdict": HOLDS,
+            "evidence": f"no {other_name} setting maintained accuracy on {split} (the paper's empty cell); "
+            f"CAMRI ({_setting(camri)}) did",
+        }
     recall = paired_difference(_by_seed(camri, "recalls"), _by_seed(other, "recalls"))
     accuracy = paired_difference(_by_seed(camri, "accuracies"), _by_seed(other, "accuracies"))
-    evidence = (f"test recall {_setting(camri)} − {_setting(other)}: {format_difference(recall)}; "
-                f"test accuracy: {format_difference(accuracy)}")
+    evidence = (
+        f"test recall {_setting(camri)} − {_setting(other)}: {format_difference(recall)}; "
+        f"test accuracy: {format_difference(accuracy)}"
+    )
     return {**row, "verdict": _comparison_verdict(recall), "evidence": evidence}
 
 
@@ -127,8 +150,11 @@ def _angle_claim(dataset: str, role: str, class_name: str, camri: Mapping | None
         return {**row, "evidence": "the selections carry no per-seed relative angle variances"}
     result = paired_difference(_by_seed(camri, "angle_variances"), _by_seed(ce, "angle_variances"))
     means = f"CAMRI {np.nanmean(camri['angle_variances']):.3f}, CE {np.nanmean(ce['angle_variances']):.3f}"
-    return {**row, "verdict": _comparison_verdict(result, lower_is_better=True),
-            "evidence": f"relative angle variance on test ({means}); CAMRI − CE: {format_difference(result)}"}
+    return {
+        **row,
+        "verdict": _comparison_verdict(result, lower_is_better=True),
+        "evidence": f"relative angle variance on test ({means}); CAMRI − CE: {format_difference(result)}",
+    }
 
 
 def _best_claim(cells: list[tuple[str, str, str, dict]], with_bias: bool) -> dict:
@@ -151,8 +177,9 @@ def _best_claim(cells: list[tuple[str, str, str, dict]], with_bias: bool) -> dic
     return _row("best", "all", versus="CE+bias" if with_bias else "", verdict=verdict, evidence=evidence)
 
 
-def check_claims(selections: pd.DataFrame, important: Mapping[str, pd.DataFrame], *,
-                 split: str = "validation") -> pd.DataFrame:
+def check_claims(
+    selections: pd.DataFrame, important: Mapping[str, pd.DataFrame], *, split: str = "validation"
+) -> pd.DataFrame:
     """Every claim of the module doc, one row per (claim, cell, other method): ``CLAIM_COLUMNS``.
 
     selections: ``protocol.select_all`` (the "maintaining" rows are used; per-seed tuples ``seeds``,
@@ -203,16 +230,26 @@ def summary_lines(claims: pd.DataFrame) -> list[str]:
 def claims_markdown(claims: pd.DataFrame, *, title: str, context: Sequence[str]) -> str:
     """claims.md: a title, the context lines (selection, reporting, seeds, source), the per-claim tally and
     one table of every verdict with its evidence."""
-    out = [f"# Claims of the paper, checked: {title}", "",
-           "Generated by `camri reproduce` (or `camri figures`) from the run records; do not edit by hand.", ""]
+    out = [
+        f"# Claims of the paper, checked: {title}",
+        "",
+        "Generated by `camri reproduce` (or `camri figures`) from the run records; do not edit by hand.",
+        "",
+    ]
     out += [f"- {line}" for line in context] + ["", "## Summary", ""] + summary_lines(claims)
-    out += ["", "## Every check", "", "| claim | data set | cell | versus | verdict | evidence |",
-            "|---|---|---|---|---|---|"]
+    out += [
+        "",
+        "## Every check",
+        "",
+        "| claim | data set | cell | versus | verdict | evidence |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in claims.to_dict("records"):
         cell = f"{row['role']}: {row['class_name']}" if row["role"] else ""
         evidence = str(row["evidence"]).replace("|", "\\|")
-        out.append(f"| {row['claim']} | {row['dataset']} | {cell} | {row['versus']} | **{row['verdict']}** "
-                   f"| {evidence} |")
+        out.append(
+            f"| {row['claim']} | {row['dataset']} | {cell} | {row['versus']} | **{row['verdict']}** | {evidence} |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -230,12 +267,16 @@ def _summary_block(claims_file: Path) -> str:
 def quote_claims(document: str, root: str | Path) -> str:
     """``document`` with every ``<!-- claims: PATH -->`` … ``<!-- /claims -->`` block replaced by the summary of
     PATH (relative to ``root``, the repository); a missing file is an error naming it."""
+
     def replace(match: re.Match) -> str:
         path = Path(root) / match["path"]
         if not path.is_file():
-            raise FileNotFoundError(f"{match['path']} is quoted but does not exist: run `camri reproduce` (or "
-                                    "`camri figures`) for that profile first")
+            raise FileNotFoundError(
+                f"{match['path']} is quoted but does not exist: run `camri reproduce` (or "
+                "`camri figures`) for that profile first"
+            )
         return match.group(1) + _summary_block(path) + match.group(4)
+
     return _QUOTE.sub(replace, document)
 
 

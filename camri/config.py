@@ -63,9 +63,12 @@ class TrainConfig(Model):
     dataset: str = Field("digits", description="data set name (see `camri data`)")
     loss: Literal[LOSS_NAMES] = Field("ce", description="the loss (classification head)")
     important: tuple[StrictInt | str, ...] = Field(
-        (), description="important class(es): index or name (e.g. 3 or cat); resolved to indices before training")
-    margin: Margins = Field((paper_margin(4),), description="margin in radians or the paper's notation "
-                            "(4pi/64); one, or one per important class")
+        (), description="important class(es): index or name (e.g. 3 or cat); resolved to indices before training"
+    )
+    margin: Margins = Field(
+        (paper_margin(4),),
+        description="margin in radians or the paper's notation (4pi/64); one, or one per important class",
+    )
     scale: Number = Field(16.0, gt=0, description="s of the angular losses")
     weight: Number = Field(2.0, gt=0, description="WCE weight / CRWWCE false-negative weight of the important classes")
     fp_weight: Number = Field(1.0, ge=0, description="CRWWCE false-positive weight")
@@ -75,25 +78,34 @@ class TrainConfig(Model):
     width: Number = Field(1.0, gt=0, description="channel multiplier (1.0 = paper)")
     z_dim: PositiveInt = Field(512, description="feature dimension (512 = paper)")
     # PyTorch convention; 0.01 = Keras's 0.99, the authors' (see camri.models).
-    bn_momentum: Number = Field(0.01, gt=0, le=1, description="BatchNorm momentum, PyTorch convention "
-                               "(0.01 = Keras 0.99, the paper's)")
+    bn_momentum: Number = Field(
+        0.01, gt=0, le=1, description="BatchNorm momentum, PyTorch convention (0.01 = Keras 0.99, the paper's)"
+    )
     seed: Annotated[StrictInt, Field(ge=0)] = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     amp: Literal["auto", "bf16", "off"] = Field("auto", description="bf16 autocast (auto: on for CUDA)")
     channels_last: Literal["auto", "on", "off"] = Field(
-        "auto", description="memory layout (auto: on for CUDA and CPU, off for MPS)")
+        "auto", description="memory layout (auto: on for CUDA and CPU, off for MPS)"
+    )
     augment: StrictBool = Field(False, description="random crop + flip (the paper uses none)")
-    image_size: PositiveInt | None = Field(None, description="data sets that are resized (gtsrb, awa2); "
-                                           "default: theirs")
+    image_size: PositiveInt | None = Field(
+        None, description="data sets that are resized (gtsrb, awa2); default: theirs"
+    )
     eval_batch_size: PositiveInt = 1024
     # The protocol selects on a validation split (docs/protocol.md); 0 trains on the whole training set and
     # leaves only the test set, as the paper does (selection: test).
-    validation_fraction: Number = Field(0.1, ge=0, lt=0.5, description="stratified share of the training "
-                                        "set held out for selection (0: none, the paper's protocol)")
-    split_seed: Annotated[StrictInt, Field(ge=0)] = Field(0, description="seed of the validation split; the "
-                                                          "same for every method and seed of a profile")
-    data_dir: str | None = Field(None, description="data directory (default $CAMRI_DATA_DIR or data/); "
-                                 "not part of the run's identity")
+    validation_fraction: Number = Field(
+        0.1,
+        ge=0,
+        lt=0.5,
+        description="stratified share of the training set held out for selection (0: none, the paper's protocol)",
+    )
+    split_seed: Annotated[StrictInt, Field(ge=0)] = Field(
+        0, description="seed of the validation split; the same for every method and seed of a profile"
+    )
+    data_dir: str | None = Field(
+        None, description="data directory (default $CAMRI_DATA_DIR or data/); not part of the run's identity"
+    )
 
     def __init__(self, **values):
         try:
@@ -109,8 +121,10 @@ class TrainConfig(Model):
         if len(set(self.important)) != len(self.important):
             raise ValueError(f"important classes {list(self.important)} repeat a class: list each class once")
         if len(self.margin) > 1 and len(self.margin) != max(len(self.important), 1):
-            raise ValueError(f"margin has {len(self.margin)} values but there are {len(self.important)} important "
-                             "classes: give one margin, or one per important class")
+            raise ValueError(
+                f"margin has {len(self.margin)} values but there are {len(self.important)} important "
+                "classes: give one margin, or one per important class"
+            )
         return self
 
     @classmethod
@@ -164,6 +178,7 @@ def describe_errors(error: ValidationError, where: str = "") -> str:
 
 
 # ---- command line: one option per field -------------------------------------------------------------
+
 
 def _plain(annotation):
     """The annotation without Annotated / Optional wrappers."""

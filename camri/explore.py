@@ -41,8 +41,11 @@ def display_data(fig: Figure) -> dict:
     """``fig`` as a Jupyter ``display_data`` output: a PNG (base64) and a text fallback."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
-    return {"output_type": "display_data", "metadata": {},
-            "data": {"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"), "text/plain": repr(fig)}}
+    return {
+        "output_type": "display_data",
+        "metadata": {},
+        "data": {"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"), "text/plain": repr(fig)},
+    }
 
 
 class _Explorer:
@@ -71,8 +74,8 @@ class _Explorer:
 
 # ---- Fig. 2 ------------------------------------------------------------------------------------------
 
-def loss_contours_figure(margin: float, scale: float, *, losses: Sequence[str] = ANGULAR_LOSSES,
-                         **kwargs) -> Figure:
+
+def loss_contours_figure(margin: float, scale: float, *, losses: Sequence[str] = ANGULAR_LOSSES, **kwargs) -> Figure:
     """``plots.plot_loss_contours`` of ``losses`` at margin ``margin`` (radians) and scale ``scale``, titled
     with both; ``kwargs`` go to it (target, extent, resolution, levels, weight, fp_weight)."""
     fig = plots.plot_loss_contours(losses, margin=margin, scale=scale, **kwargs)
@@ -86,21 +89,30 @@ class LossExplorer(_Explorer):
     margin: the initial m in radians (e.g. ``parse_margin("8pi/64")``); scale: the initial s.
     ``kwargs`` go to ``loss_contours_figure`` (losses, target, extent, resolution, levels)."""
 
-    def __init__(self, margin: float, scale: float, *, max_margin_units: int = 32, max_scale: float = 64.0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, margin: float, scale: float, *, max_margin_units: int = 32, max_scale: float = 64.0, **kwargs: Any
+    ) -> None:
         units = margin / MARGIN_UNIT
         if not 0 <= units <= max_margin_units:
-            raise ValueError(f"margin {margin} rad = {units:.3g}·π/64 is outside the slider's range "
-                             f"0..{max_margin_units}·π/64")
+            raise ValueError(
+                f"margin {margin} rad = {units:.3g}·π/64 is outside the slider's range 0..{max_margin_units}·π/64"
+            )
         if not 0 < scale <= max_scale:
             raise ValueError(f"scale {scale} is outside the slider's range (0, {max_scale}]")
         self.kwargs = kwargs
         # continuous_update=False: redraw when the slider is released, not for every pixel it passes.
-        self.margin_units = widgets.FloatSlider(value=units, min=0, max=max_margin_units, step=1,
-                                                description="m (π/64)", readout_format=".3g",
-                                                continuous_update=False)
-        self.scale = widgets.FloatSlider(value=scale, min=1, max=max_scale, step=1, description="s",
-                                         readout_format=".3g", continuous_update=False)
+        self.margin_units = widgets.FloatSlider(
+            value=units,
+            min=0,
+            max=max_margin_units,
+            step=1,
+            description="m (π/64)",
+            readout_format=".3g",
+            continuous_update=False,
+        )
+        self.scale = widgets.FloatSlider(
+            value=scale, min=1, max=max_scale, step=1, description="s", readout_format=".3g", continuous_update=False
+        )
         for slider in (self.margin_units, self.scale):
             slider.observe(self.update, names="value")
         self._build([self.margin_units, self.scale])
@@ -116,12 +128,18 @@ class LossExplorer(_Explorer):
 
 # ---- the angle histograms of one run -------------------------------------------------------------------
 
+
 def _setting_label(hyperparameters: str) -> str:
     return hyperparameters or "default"
 
 
-def angle_runs(runs: pd.DataFrame, selections: pd.DataFrame, *, tolerance: float = protocol.DEFAULT_TOLERANCE,
-               methods: Sequence[str] | None = None) -> pd.DataFrame:
+def angle_runs(
+    runs: pd.DataFrame,
+    selections: pd.DataFrame,
+    *,
+    tolerance: float = protocol.DEFAULT_TOLERANCE,
+    methods: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """Every finished run whose angle histograms can be shown, per important class of ``selections``
     (``protocol.select_all`` rows; its cells give dataset, role, class_index, class_name): the settings of
     ``protocol.cell_settings`` (all methods, or ``methods``), one row per seed.
@@ -129,11 +147,11 @@ def angle_runs(runs: pd.DataFrame, selections: pd.DataFrame, *, tolerance: float
     Columns: cell (label, e.g. "digits worst1: 3"), dataset, role, class_index, class_name, method, setting
     (hyperparameters, "default" for CE), seed, path, chosen (the setting is the cell's "maintaining"
     choice of that method)."""
-    columns = ["cell", "dataset", "role", "class_index", "class_name", "method", "setting", "seed", "path",
-               "chosen"]
+    columns = ["cell", "dataset", "role", "class_index", "class_name", "method", "setting", "seed", "path", "chosen"]
     maintaining = selections[selections["selection"] == "maintaining"]
-    chosen = set(zip(maintaining["dataset"], maintaining["role"], maintaining["method"],
-                     maintaining["hyperparameters"]))
+    chosen = set(
+        zip(maintaining["dataset"], maintaining["role"], maintaining["method"], maintaining["hyperparameters"])
+    )
     rows = []
     cells = selections[["dataset", "role", "class_index", "class_name"]].drop_duplicates()
     for dataset, role, class_index, class_name in cells.itertuples(index=False):
@@ -144,10 +162,20 @@ def angle_runs(runs: pd.DataFrame, selections: pd.DataFrame, *, tolerance: float
             settings = settings[settings["method"].isin(methods)]
         for setting in settings.itertuples(index=False):
             for seed, path in zip(setting.seeds, setting.paths):
-                rows.append({"cell": label, "dataset": dataset, "role": role, "class_index": int(class_index),
-                             "class_name": class_name, "method": setting.method,
-                             "setting": _setting_label(setting.hyperparameters), "seed": int(seed), "path": path,
-                             "chosen": (dataset, role, setting.method, setting.hyperparameters) in chosen})
+                rows.append(
+                    {
+                        "cell": label,
+                        "dataset": dataset,
+                        "role": role,
+                        "class_index": int(class_index),
+                        "class_name": class_name,
+                        "method": setting.method,
+                        "setting": _setting_label(setting.hyperparameters),
+                        "seed": int(seed),
+                        "path": path,
+                        "chosen": (dataset, role, setting.method, setting.hyperparameters) in chosen,
+                    }
+                )
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -163,8 +191,9 @@ def narrow(choices: pd.DataFrame, **wanted: Any) -> tuple[pd.Series, dict[str, l
     if unknown:
         raise ValueError(f"unknown level(s) {', '.join(sorted(unknown))}; the levels are {', '.join(RUN_LEVELS)}")
     if choices.empty:
-        raise ValueError("no finished runs to choose from: train the profile's runs first "
-                         "(`camri reproduce --profile NAME`)")
+        raise ValueError(
+            "no finished runs to choose from: train the profile's runs first (`camri reproduce --profile NAME`)"
+        )
     rows = choices
     options = {}
     for level in RUN_LEVELS:
@@ -188,8 +217,10 @@ class AngleExplorer(_Explorer):
         self.choices = choices
         self.bins = bins
         self.run, options = narrow(choices, method=method)
-        self.dropdowns = {level: widgets.Dropdown(options=options[level], value=self.run[level],
-                                                  description=level) for level in RUN_LEVELS}
+        self.dropdowns = {
+            level: widgets.Dropdown(options=options[level], value=self.run[level], description=level)
+            for level in RUN_LEVELS
+        }
         self._syncing = False
         for dropdown in self.dropdowns.values():
             dropdown.observe(self._changed, names="value")
@@ -213,8 +244,11 @@ class AngleExplorer(_Explorer):
     def render(self) -> Figure:
         run = self.run
         angles = rundir.read_angles(run["path"])
-        fig = plots.plot_angle_histograms({run["method"]: (angles["theta_deg"], angles["labels"])},
-                                          int(run["class_index"]), class_name=str(run["class_name"]),
-                                          bins=self.bins)
+        fig = plots.plot_angle_histograms(
+            {run["method"]: (angles["theta_deg"], angles["labels"])},
+            int(run["class_index"]),
+            class_name=str(run["class_name"]),
+            bins=self.bins,
+        )
         fig.suptitle(f"{run['cell']} · {run['method']} {run['setting']} · seed {run['seed']}", fontsize=9)
         return fig

@@ -42,20 +42,27 @@ def count_runs(profile: Profile | str, results_dir=None) -> dict:
     try:
         important, assumed = choose_important(profile, results_dir, record=False), False
     except BaselineNotFinished:
-        important = {d: profile.important.classes.get(d, list(range(len(profile.important.roles))))
-                     for d in profile.datasets}
-        important = {d: list(range(len(v))) if any(isinstance(c, str) for c in v) else v
-                     for d, v in important.items()}
+        important = {
+            d: profile.important.classes.get(d, list(range(len(profile.important.roles)))) for d in profile.datasets
+        }
+        important = {d: list(range(len(v))) if any(isinstance(c, str) for c in v) else v for d, v in important.items()}
         assumed = True
     specs = expand(profile, "all", important, results_dir=results_dir)
-    by_method = {loss: sum(s.config.loss == loss for s in specs) for loss in LOSSES
-                 if any(s.config.loss == loss for s in specs)}
+    by_method = {
+        loss: sum(s.config.loss == loss for s in specs) for loss in LOSSES if any(s.config.loss == loss for s in specs)
+    }
     baseline = sum(s.stage == "baseline" for s in specs)
-    return {"baseline": baseline, "methods": len(specs) - baseline, "total": len(specs),
-            "by_method": by_method, "assumed_classes": assumed}
+    return {
+        "baseline": baseline,
+        "methods": len(specs) - baseline,
+        "total": len(specs),
+        "by_method": by_method,
+        "assumed_classes": assumed,
+    }
 
 
 # ---- run -----------------------------------------------------------------------------------------------
+
 
 @dataclass
 class GridReport:
@@ -75,8 +82,10 @@ class GridReport:
         return not (self.failed or self.running or self.waiting)
 
     def summary(self) -> str:
-        lines = [f"{self.profile}: {len(self.done)} of {self.total} runs done, {len(self.failed)} failed, "
-                 f"{len(self.running)} in flight ({self.root})"]
+        lines = [
+            f"{self.profile}: {len(self.done)} of {self.total} runs done, {len(self.failed)} failed, "
+            f"{len(self.running)} in flight ({self.root})"
+        ]
         lines += [f"  failed: {key}  log: {log}" for key, log in self.failed]
         lines += [f"  waiting: {why}" for why in self.waiting]
         return "\n".join(lines)
@@ -92,9 +101,11 @@ def _check_stored_configs(specs: list[RunSpec]) -> None:
         if diff:
             conflicts.append(f"{spec.key} ({', '.join(diff)})")
     if conflicts:
-        raise ValueError(f"{len(conflicts)} run folders hold runs of another configuration, e.g. {conflicts[0]}: "
-                         "the profile changed after they ran. Give the profile another name, or delete those "
-                         "folders to start them over.")
+        raise ValueError(
+            f"{len(conflicts)} run folders hold runs of another configuration, e.g. {conflicts[0]}: "
+            "the profile changed after they ran. Give the profile another name, or delete those "
+            "folders to start them over."
+        )
 
 
 def check_data(profile: Profile) -> None:
@@ -110,8 +121,16 @@ def run_local_specs(profile: Profile, specs: list[RunSpec], workers: int | None 
     return run_local(specs, workers or profile.executor.workers, profile.executor.workers_per_gpu, bar)
 
 
-def run(profile: Profile | str, stages=STAGES, executor: str | None = None, wait: bool = True, *,
-        workers: int | None = None, results_dir=None, progress: bool = True) -> GridReport:
+def run(
+    profile: Profile | str,
+    stages=STAGES,
+    executor: str | None = None,
+    wait: bool = True,
+    *,
+    workers: int | None = None,
+    results_dir=None,
+    progress: bool = True,
+) -> GridReport:
     """Train the runs of ``stages`` that are not finished, and report.
 
     Finished runs (summary.json) are not launched, nor are runs already in flight (a live lock or a
@@ -131,8 +150,10 @@ def run(profile: Profile | str, stages=STAGES, executor: str | None = None, wait
     if kind not in EXECUTORS:
         raise ValueError(f"unknown executor {kind!r}: allowed are {', '.join(EXECUTORS)}")
     if kind == "local" and not wait:
-        raise ValueError("the local executor trains in this process's workers: it cannot return before they "
-                         "finish (wait=False is for executor='submitit')")
+        raise ValueError(
+            "the local executor trains in this process's workers: it cannot return before they "
+            "finish (wait=False is for executor='submitit')"
+        )
     check_data(profile)
     root = profile_dir(profile, results_dir)
     save_profile(profile, results_dir)
@@ -148,8 +169,11 @@ def run(profile: Profile | str, stages=STAGES, executor: str | None = None, wait
             except BaselineNotFinished as why:
                 report.waiting.append(f"methods stage: {why}")
                 break
-        specs = [spec for stage in batch for spec in expand(profile, stage, report.important or None,
-                                                             results_dir=results_dir)]
+        specs = [
+            spec
+            for stage in batch
+            for spec in expand(profile, stage, report.important or None, results_dir=results_dir)
+        ]
         _check_stored_configs(specs)
         todo = []
         for spec, row in zip(specs, states(specs, read_jobs(root))):
@@ -160,8 +184,15 @@ def run(profile: Profile | str, stages=STAGES, executor: str | None = None, wait
             else:
                 todo.append(spec)
         report.total += len(specs)
-        bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"{profile.name} {'+'.join(batch)}",
-                   unit="run", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(specs),
+            initial=len(specs) - len(todo),
+            desc=f"{profile.name} {'+'.join(batch)}",
+            unit="run",
+            disable=not progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         try:
             if kind == "local":
                 outcome = run_local_specs(profile, todo, workers, bar)
@@ -170,8 +201,10 @@ def run(profile: Profile | str, stages=STAGES, executor: str | None = None, wait
                 if not wait:
                     report.running += list(submitted)
                     if "methods" in wanted and "methods" not in batch:
-                        report.waiting.append("methods stage: waits for the CE baseline (its important classes "
-                                              "come from it); run the same command again when it has finished")
+                        report.waiting.append(
+                            "methods stage: waits for the CE baseline (its important classes "
+                            "come from it); run the same command again when it has finished"
+                        )
                         break
                     continue
                 outcome = wait_submitit(submitted, {s.key: s for s in todo}, bar)
@@ -190,6 +223,7 @@ def run(profile: Profile | str, stages=STAGES, executor: str | None = None, wait
 
 # ---- command line --------------------------------------------------------------------------------------
 
+
 def _grid_command(args) -> int:
     profile = load_profile(args.profile)
     if args.cluster is not None:
@@ -197,14 +231,28 @@ def _grid_command(args) -> int:
     stages = STAGES if args.stage == "all" else (args.stage,)
     if args.dry_run:
         counts = count_runs(profile, args.results_dir)
-        note = (f" (assuming {len(profile.important.roles)} important class(es) per data set, chosen from the "
-                "baseline later)") if counts["assumed_classes"] else ""
-        print(f"profile {profile.name}: {counts['total']} runs = {counts['baseline']} baseline (CE) + "
-              f"{counts['methods']} methods{note}")
+        note = (
+            (
+                f" (assuming {len(profile.important.roles)} important class(es) per data set, chosen from the "
+                "baseline later)"
+            )
+            if counts["assumed_classes"]
+            else ""
+        )
+        print(
+            f"profile {profile.name}: {counts['total']} runs = {counts['baseline']} baseline (CE) + "
+            f"{counts['methods']} methods{note}"
+        )
         print("  " + ", ".join(f"{loss} {n}" for loss, n in counts["by_method"].items()))
         return 0
-    report = run(profile, stages, executor=args.executor, wait=not args.no_wait, workers=args.workers,
-                 results_dir=args.results_dir)
+    report = run(
+        profile,
+        stages,
+        executor=args.executor,
+        wait=not args.no_wait,
+        workers=args.workers,
+        results_dir=args.results_dir,
+    )
     print(report.summary())
     if report.failed:
         return 1
@@ -213,17 +261,26 @@ def _grid_command(args) -> int:
 
 def add_cli(subparsers) -> None:
     grid = subparsers.add_parser(
-        "grid", help="train a profile's grid of runs (what is missing), locally or on SLURM",
+        "grid",
+        help="train a profile's grid of runs (what is missing), locally or on SLURM",
         description="Train every run of a profile that is not finished: the CE baseline, then the other methods "
-                    "for the important classes chosen from it. docs/profiles.md, docs/scale-out.md.")
+        "for the important classes chosen from it. docs/profiles.md, docs/scale-out.md.",
+    )
     add_profile_arguments(grid)
     grid.add_argument("--executor", choices=EXECUTORS, default=None, help="default: the profile's executor.kind")
-    grid.add_argument("--workers", type=int, default=None,
-                      help="local: parallel runs (default: the profile's, else one per GPU; on CPU one per available "
-                           "CPU, at most 8)")
+    grid.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local: parallel runs (default: the profile's, else one per GPU; on CPU one per available CPU, at most 8)",
+    )
     grid.add_argument("--stage", choices=STAGES + ("all",), default="all")
     grid.add_argument("--no-wait", action="store_true", help="submitit: submit and return")
-    grid.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
-                      help="submitit: override executor.submitit.cluster (local: run the job array on this machine)")
+    grid.add_argument(
+        "--cluster",
+        choices=("slurm", "local", "debug"),
+        default=None,
+        help="submitit: override executor.submitit.cluster (local: run the job array on this machine)",
+    )
     grid.add_argument("--dry-run", action="store_true", help="count the runs (per method) and exit")
     grid.set_defaults(func=_grid_command)

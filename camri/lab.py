@@ -35,14 +35,23 @@ def is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def server_arguments(port: int, *, notebook_dir: str | os.PathLike, ip: str = DEFAULT_IP,
-                     open_browser: bool = True, as_root: bool = False) -> list[str]:
+def server_arguments(
+    port: int,
+    *,
+    notebook_dir: str | os.PathLike,
+    ip: str = DEFAULT_IP,
+    open_browser: bool = True,
+    as_root: bool = False,
+) -> list[str]:
     """JupyterLab's command-line arguments (``jupyter lab ARGS``)."""
-    args = [f"--ServerApp.root_dir={Path(notebook_dir).resolve()}", f"--ServerApp.ip={ip}",
-            f"--ServerApp.port={int(port)}",
-            # Fail on a busy port rather than move to the next one: the printed URL must stay true.
-            "--ServerApp.port_retries=0",
-            f"--ServerApp.open_browser={bool(open_browser)}"]
+    args = [
+        f"--ServerApp.root_dir={Path(notebook_dir).resolve()}",
+        f"--ServerApp.ip={ip}",
+        f"--ServerApp.port={int(port)}",
+        # Fail on a busy port rather than move to the next one: the printed URL must stay true.
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.open_browser={bool(open_browser)}",
+    ]
     if as_root:
         args.append("--allow-root")
     return args
@@ -59,11 +68,14 @@ def check_port(port: int, ip: str = DEFAULT_IP) -> None:
     if not 1 <= int(port) <= 65535:
         raise ValueError(f"port must be in 1..65535; got {port}")
     try:
-        infos = socket.getaddrinfo(None if ip in _WILDCARDS else ip, int(port), type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(
+            None if ip in _WILDCARDS else ip, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except socket.gaierror as error:
-        raise ValueError(f"cannot listen on {ip!r}: {error.strerror}; use an address of this machine, e.g. "
-                         "--ip localhost (or IP=0.0.0.0 make lab in a container)") from None
+        raise ValueError(
+            f"cannot listen on {ip!r}: {error.strerror}; use an address of this machine, e.g. "
+            "--ip localhost (or IP=0.0.0.0 make lab in a container)"
+        ) from None
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         # As the server's own socket (tornado sets SO_REUSEADDR): a port in TIME_WAIT counts as free.
@@ -72,13 +84,21 @@ def check_port(port: int, ip: str = DEFAULT_IP) -> None:
             probe.bind(address)
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
-                raise ValueError(f"port {port} on {ip} is in use (another Jupyter?); choose another: "
-                                 f"`make lab PORT={int(port) + 1}` or `camri lab --port {int(port) + 1}`") from None
+                raise ValueError(
+                    f"port {port} on {ip} is in use (another Jupyter?); choose another: "
+                    f"`make lab PORT={int(port) + 1}` or `camri lab --port {int(port) + 1}`"
+                ) from None
             raise
 
 
-def launch(port: int = DEFAULT_PORT, *, ip: str = DEFAULT_IP, open_browser: bool = True,
-           notebook_dir: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> int:
+def launch(
+    port: int = DEFAULT_PORT,
+    *,
+    ip: str = DEFAULT_IP,
+    open_browser: bool = True,
+    notebook_dir: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
+) -> int:
     """Start JupyterLab on ``notebook_dir`` (default: the checkout's notebooks/) and serve until stopped."""
     from camri.notebooks import NOTEBOOK_DIR, ensure_kernel
 
@@ -93,13 +113,16 @@ def launch(port: int = DEFAULT_PORT, *, ip: str = DEFAULT_IP, open_browser: bool
     if as_root:
         log("running as root (usual in containers): passing --allow-root to JupyterLab")
     log(f"JupyterLab on {folder} with kernel {kernel!r}; open {url(port, token, ip)}")
-    log(f"from another computer: `ssh -N -L {port}:localhost:{port} USER@THIS-HOST` there, then open that URL "
-        "there; stop with Ctrl-C")
+    log(
+        f"from another computer: `ssh -N -L {port}:localhost:{port} USER@THIS-HOST` there, then open that URL "
+        "there; stop with Ctrl-C"
+    )
     sys.stdout.flush()
     from jupyterlab.labapp import LabApp
 
-    LabApp.launch_instance(argv=server_arguments(port, notebook_dir=folder, ip=ip, open_browser=open_browser,
-                                                 as_root=as_root))
+    LabApp.launch_instance(
+        argv=server_arguments(port, notebook_dir=folder, ip=ip, open_browser=open_browser, as_root=as_root)
+    )
     return 0
 
 
@@ -110,15 +133,23 @@ def _lab_command(args) -> int:
 def add_cli(subparsers) -> None:
     """Register ``camri lab [--port N] [--ip ADDR] [--no-browser] [--notebook-dir DIR]``."""
     parser = subparsers.add_parser(
-        "lab", help="JupyterLab on the notebooks with the camri kernel (make lab)",
+        "lab",
+        help="JupyterLab on the notebooks with the camri kernel (make lab)",
         description="Start JupyterLab on the numbered notebooks, in this environment's camri kernel; print "
-                    "the URL to open (with its token). As root it passes --allow-root.")
+        "the URL to open (with its token). As root it passes --allow-root.",
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
-    parser.add_argument("--ip", default=DEFAULT_IP,
-                        help="address to listen on (default localhost; 0.0.0.0 in a container whose port is "
-                             "published)")
-    parser.add_argument("--no-browser", action="store_true",
-                        help="do not open a browser (remote machines: open the printed URL through an ssh tunnel)")
-    parser.add_argument("--notebook-dir", default=None, metavar="DIR",
-                        help="folder to serve (default: the checkout's notebooks/)")
+    parser.add_argument(
+        "--ip",
+        default=DEFAULT_IP,
+        help="address to listen on (default localhost; 0.0.0.0 in a container whose port is published)",
+    )
+    parser.add_argument(
+        "--no-browser",
+        action="store_true",
+        help="do not open a browser (remote machines: open the printed URL through an ssh tunnel)",
+    )
+    parser.add_argument(
+        "--notebook-dir", default=None, metavar="DIR", help="folder to serve (default: the checkout's notebooks/)"
+    )
     parser.set_defaults(func=_lab_command)

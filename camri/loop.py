@@ -78,8 +78,9 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def build_model(config: TrainConfig, *, in_channels: int, num_classes: int,
-                placement: Placement) -> tuple[Classifier, torch.optim.Optimizer]:
+def build_model(
+    config: TrainConfig, *, in_channels: int, num_classes: int, placement: Placement
+) -> tuple[Classifier, torch.optim.Optimizer]:
     """The paper CNN with ``config.loss``'s head, on ``placement``'s device and memory format, and its
     Adam optimiser. Seeds torch, numpy and random with ``config.seed`` first (weights and dropout).
     ``config.important`` must hold class indices and ``config.margin`` a tuple of radians (TrainConfig's
@@ -89,18 +90,35 @@ def build_model(config: TrainConfig, *, in_channels: int, num_classes: int,
     np.random.seed(c.seed)
     random.seed(c.seed)
     backbone = PaperCNN(in_channels=in_channels, width=c.width, z_dim=c.z_dim, bn_momentum=c.bn_momentum)
-    head = build_loss(c.loss, num_classes, c.z_dim, important=c.important,
-                      margin=c.margin,
-                      scale=c.scale, weight=c.weight, fp_weight=c.fp_weight)
+    head = build_loss(
+        c.loss,
+        num_classes,
+        c.z_dim,
+        important=c.important,
+        margin=c.margin,
+        scale=c.scale,
+        weight=c.weight,
+        fp_weight=c.fp_weight,
+    )
     model = Classifier(backbone, head).to(placement.device)
     if placement.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, torch.optim.Adam(model.parameters(), lr=c.lr)
 
 
-def train_epoch(model: Classifier, optimizer: torch.optim.Optimizer, x_train: torch.Tensor, y_train: torch.Tensor,
-                *, batch_size: int, seed: int, epoch: int, placement: Placement, augment: bool = False,
-                progress=None) -> EpochResult:
+def train_epoch(
+    model: Classifier,
+    optimizer: torch.optim.Optimizer,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    *,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    placement: Placement,
+    augment: bool = False,
+    progress=None,
+) -> EpochResult:
     """One epoch over (x_train, y_train) in the order drawn from (seed, epoch), batches of ``batch_size``
     (the last one partial). ``progress``: a tqdm bar of ``ceil(N / batch_size)`` steps, or None.
 
@@ -119,7 +137,7 @@ def train_epoch(model: Classifier, optimizer: torch.optim.Optimizer, x_train: to
     steps = math.ceil(len(order) / batch_size)
     seen = 0  # images so far: the running loss is per image, and the last batch may be partial
     for step in range(steps):
-        index = order[step * batch_size:(step + 1) * batch_size]
+        index = order[step * batch_size : (step + 1) * batch_size]
         x = placement.inputs(x_train[index], augment_gen)
         y = y_train[index].to(device, non_blocking=True)
         with placement.autocast():
@@ -136,31 +154,38 @@ def train_epoch(model: Classifier, optimizer: torch.optim.Optimizer, x_train: to
             correct += (model.head.logits(z.detach()).argmax(1) == y).sum()
         if step % PROGRESS_EVERY == PROGRESS_EVERY - 1 or step == steps - 1:
             if first_bad.item() >= 0:
-                raise NonFiniteLossError(f"the loss became NaN or inf at epoch {epoch}, step "
-                                         f"{first_bad.item() + 1} of {steps}; stopped.")
+                raise NonFiniteLossError(
+                    f"the loss became NaN or inf at epoch {epoch}, step {first_bad.item() + 1} of {steps}; stopped."
+                )
             if progress is not None:
                 progress.update(step % PROGRESS_EVERY + 1)
                 progress.set_postfix(loss=f"{total_loss.item() / seen:.4f}")
     n = len(order)
     loss_mean, accuracy = (total_loss.item() / n, correct.item() / n) if n else (math.nan, math.nan)
-    return EpochResult(loss=loss_mean, accuracy=accuracy, images=seen, steps=steps,
-                       seconds=time.perf_counter() - start)
+    return EpochResult(loss=loss_mean, accuracy=accuracy, images=seen, steps=steps, seconds=time.perf_counter() - start)
 
 
 @torch.no_grad()
-def evaluate(model: Classifier, x_test: torch.Tensor, y_test: torch.Tensor, *, batch_size: int,
-             placement: Placement) -> dict:
+def evaluate(
+    model: Classifier, x_test: torch.Tensor, y_test: torch.Tensor, *, batch_size: int, placement: Placement
+) -> dict:
     """Features ``z`` (N, z_dim), ``labels`` (N), ``logits`` and ``cosines`` (N, K) of (x_test, y_test)
     (no margin in the logits), and ``loss``: the training objective, margin included, on these images,
     as Keras reports a test loss. ``images`` = N."""
     model.eval()
     features = []
     for start in range(0, len(y_test), batch_size):
-        x = placement.inputs(x_test[start:start + batch_size])
+        x = placement.inputs(x_test[start : start + batch_size])
         with placement.autocast():
             features.append(model(x).float())
     z = torch.cat(features)
     y = y_test.to(placement.device)
     head = model.head
-    return {"z": z, "labels": y, "logits": head.logits(z), "cosines": head.cosines(z), "loss": head(z, y).item(),
-            "images": len(y)}
+    return {
+        "z": z,
+        "labels": y,
+        "logits": head.logits(z),
+        "cosines": head.cosines(z),
+        "loss": head(z, y).item(),
+        "images": len(y),
+    }

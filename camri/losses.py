@@ -56,14 +56,17 @@ class LossInfo:
 
 
 #: The loss registry, in definition (and grid expansion) order: Fig. 2's panel order.
-LOSSES = {info.name: info for info in (
-    LossInfo("ce", "CE", (), False, 5),
-    LossInfo("wce", "WCE", ("weight",), True, 4),
-    LossInfo("crwwce", "CRWWCE", ("weight", "fp_weight"), True, 3),
-    LossInfo("l2softmax", "L2-softmax", ("scale",), False, 2, in_table1=False),
-    LossInfo("arcface", "ArcFace", ("margin", "scale"), False, 1),
-    LossInfo("camri", "CAMRI", ("margin", "scale"), True, 0),
-)}
+LOSSES = {
+    info.name: info
+    for info in (
+        LossInfo("ce", "CE", (), False, 5),
+        LossInfo("wce", "WCE", ("weight",), True, 4),
+        LossInfo("crwwce", "CRWWCE", ("weight", "fp_weight"), True, 3),
+        LossInfo("l2softmax", "L2-softmax", ("scale",), False, 2, in_table1=False),
+        LossInfo("arcface", "ArcFace", ("margin", "scale"), False, 1),
+        LossInfo("camri", "CAMRI", ("margin", "scale"), True, 0),
+    )
+}
 LOSS_NAMES = tuple(LOSSES)
 #: The losses in display order (tables, figures).
 DISPLAY_ORDER = tuple(sorted(LOSSES, key=lambda name: LOSSES[name].rank))
@@ -112,8 +115,10 @@ def parse_margin(text: str | float, name: str = "margin") -> float:
         except (ValueError, ZeroDivisionError):
             value = math.nan
     if not math.isfinite(value):
-        raise ValueError(f"{name} {text!r} is not a number of radians (e.g. 0.196) nor in the paper's notation "
-                         "k*pi/d with d > 0 (e.g. 4pi/64)")
+        raise ValueError(
+            f"{name} {text!r} is not a number of radians (e.g. 0.196) nor in the paper's notation "
+            "k*pi/d with d > 0 (e.g. 4pi/64)"
+        )
     return value
 
 
@@ -193,8 +198,7 @@ class Head(nn.Module):
             features = self._check(features)
             if targets.shape != features.shape[:1]:
                 raise ValueError(
-                    f"targets must have shape ({features.shape[0]},) to match features; "
-                    f"got {tuple(targets.shape)}"
+                    f"targets must have shape ({features.shape[0]},) to match features; got {tuple(targets.shape)}"
                 )
             return self.per_sample_loss(self.training_logits(features, targets), targets).mean()
 
@@ -237,8 +241,10 @@ class LinearHead(Head):
         if torch.any(fp > 0):
             # log(1 − p_j) = log Σ_{i≠j} exp(l_i) − logsumexp(l): stable even when p_j → 1.
             k = logits.shape[1]
-            others = logits.unsqueeze(1).expand(-1, k, -1).masked_fill(
-                torch.eye(k, dtype=torch.bool, device=logits.device), float("-inf")
+            others = (
+                logits.unsqueeze(1)
+                .expand(-1, k, -1)
+                .masked_fill(torch.eye(k, dtype=torch.bool, device=logits.device), float("-inf"))
             )
             log_not_p = torch.logsumexp(others, dim=2) - torch.logsumexp(logits, dim=1, keepdim=True)
             loss = loss - (fp * log_not_p).sum(dim=1)

@@ -57,8 +57,9 @@ class PaperCNN(nn.Module):
     initialised like a single network (fans of its own slice). With K = 1 this is the paper's network.
     """
 
-    def __init__(self, in_channels: int = 3, width: float = 1.0, z_dim: int = 512, bn_momentum: float = 0.01,
-                 members: int = 1):
+    def __init__(
+        self, in_channels: int = 3, width: float = 1.0, z_dim: int = 512, bn_momentum: float = 0.01, members: int = 1
+    ):
         super().__init__()
         if width <= 0:
             raise ValueError(f"width must be > 0 (1.0 is the paper's network); got {width}")
@@ -102,9 +103,12 @@ class PaperCNN(nn.Module):
             raise IndexError(f"member {k} of a stack of {self.members}")
         single = PaperCNN(**self._args)
         # Every parameter and buffer is laid out member-major along its first dimension (see __init__).
-        single.load_state_dict({
-            name: t if t.ndim == 0 else t.reshape(self.members, t.shape[0] // self.members, *t.shape[1:])[k]
-            for name, t in self.state_dict().items()})
+        single.load_state_dict(
+            {
+                name: t if t.ndim == 0 else t.reshape(self.members, t.shape[0] // self.members, *t.shape[1:])[k]
+                for name, t in self.state_dict().items()
+            }
+        )
         return single.to(next(self.parameters()).device)
 
 

@@ -96,8 +96,10 @@ def notebook_parameters(path: Path, profile: Profile, base: Mapping[str, Any]) -
     for key, value in (profile.notebooks.get(path.stem) or {}).items():
         name = by_lower.get(str(key).lower())
         if name is None:
-            raise ValueError(f"profile {profile.name}: notebooks.{path.stem}.{key}: the notebook has no such "
-                             f"parameter; it has {', '.join(declared) or 'none'}")
+            raise ValueError(
+                f"profile {profile.name}: notebooks.{path.stem}.{key}: the notebook has no such "
+                f"parameter; it has {', '.join(declared) or 'none'}"
+            )
         parameters[name] = value
     return parameters
 
@@ -117,16 +119,27 @@ def _failure_report(path: Path, output: Path, error) -> str:
 
     lines = [f"notebook {path.name} failed; the executed copy with the error: {output}"]
     if isinstance(error, PapermillExecutionError):
-        lines += [f"--- failing cell (In [{error.exec_count}]) ---", error.source.rstrip(),
-                  "--- traceback ---", _ANSI.sub("", "\n".join(error.traceback)).rstrip()]
+        lines += [
+            f"--- failing cell (In [{error.exec_count}]) ---",
+            error.source.rstrip(),
+            "--- traceback ---",
+            _ANSI.sub("", "\n".join(error.traceback)).rstrip(),
+        ]
     else:
         lines += ["--- error ---", f"{type(error).__name__}: {error}"]
     return "\n".join(lines)
 
 
-def execute_notebooks(profile: Profile | str, results_dir=None, *, train: bool = True,
-                      notebook_dir: str | os.PathLike | None = None, only: Sequence[str] | None = None,
-                      kernel_name: str | None = None, log: Callable[[str], None] = print) -> bool:
+def execute_notebooks(
+    profile: Profile | str,
+    results_dir=None,
+    *,
+    train: bool = True,
+    notebook_dir: str | os.PathLike | None = None,
+    only: Sequence[str] | None = None,
+    kernel_name: str | None = None,
+    log: Callable[[str], None] = print,
+) -> bool:
     """Execute the numbered notebooks in order with papermill into ``<results>/<profile>/notebooks/``.
 
     Returns True when all succeeded; on the first failing notebook logs its failing cell and traceback and
@@ -152,8 +165,15 @@ def execute_notebooks(profile: Profile | str, results_dir=None, *, train: bool =
         start = time.perf_counter()
         log(f"[{number}/{len(plans)}] {path.name}  " + " ".join(f"{k}={v!r}" for k, v in parameters.items()))
         try:
-            papermill.execute_notebook(str(path), str(output), parameters=parameters, kernel_name=kernel,
-                                       language="python", progress_bar=False, cwd=str(path.parent))
+            papermill.execute_notebook(
+                str(path),
+                str(output),
+                parameters=parameters,
+                kernel_name=kernel,
+                language="python",
+                progress_bar=False,
+                cwd=str(path.parent),
+            )
         except Exception as error:  # PapermillExecutionError, a dead kernel, a timeout
             log(_failure_report(path, output, error))
             return False

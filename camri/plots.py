@@ -37,10 +37,16 @@ from camri.io import atomic_write
 from camri.losses import LOSS_NAMES, LOSSES, build_loss, paper_margin
 
 #: One colour per method everywhere (matplotlib's tab10 entries).
-METHOD_COLORS = {"CE": "#7f7f7f", "WCE": "#8c564b", "CRWWCE": "#e377c2", "L2-softmax": "#bcbd22",
-                 "ArcFace": "#1f77b4", "CAMRI": "#d62728", "CE+bias": "#404040"}
-METHOD_MARKERS = {"CE": "s", "WCE": "v", "CRWWCE": "^", "L2-softmax": "D", "ArcFace": "o", "CAMRI": "*",
-                  "CE+bias": "P"}
+METHOD_COLORS = {
+    "CE": "#7f7f7f",
+    "WCE": "#8c564b",
+    "CRWWCE": "#e377c2",
+    "L2-softmax": "#bcbd22",
+    "ArcFace": "#1f77b4",
+    "CAMRI": "#d62728",
+    "CE+bias": "#404040",
+}
+METHOD_MARKERS = {"CE": "s", "WCE": "v", "CRWWCE": "^", "L2-softmax": "D", "ArcFace": "o", "CAMRI": "*", "CE+bias": "P"}
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -60,16 +66,26 @@ def save_figure(fig: Figure, path_stem: str | Path, *, dpi: int = 150) -> dict[s
 
 # ---- Fig. 2: loss contours -----------------------------------------------------------------------------
 
+
 def fig2_weights(num_classes: int = 3, target: int = 1) -> np.ndarray:
     """(K, 2) unit weight vectors 360°/K apart, the target class's pointing up."""
     angles = np.deg2rad(90.0 + 360.0 / num_classes * (np.arange(num_classes) - target))
     return np.stack([np.cos(angles), np.sin(angles)], axis=1)
 
 
-def loss_surface(loss: str, *, target: int = 1, weights: np.ndarray | None = None, extent: float = 3.0,
-                 resolution: int = 161, important: Sequence[int] | None = None,
-                 margin: float = paper_margin(8), scale: float = 4.0, weight: float = 2.0,
-                 fp_weight: float = 1.0) -> dict[str, np.ndarray]:
+def loss_surface(
+    loss: str,
+    *,
+    target: int = 1,
+    weights: np.ndarray | None = None,
+    extent: float = 3.0,
+    resolution: int = 161,
+    important: Sequence[int] | None = None,
+    margin: float = paper_margin(8),
+    scale: float = 4.0,
+    weight: float = 2.0,
+    fp_weight: float = 1.0,
+) -> dict[str, np.ndarray]:
     """The per-sample loss of head ``loss`` (camri.losses) for every 2-D feature z of a grid, all labelled
     ``target``.
 
@@ -82,8 +98,9 @@ def loss_surface(loss: str, *, target: int = 1, weights: np.ndarray | None = Non
     weights = fig2_weights(target=target) if weights is None else np.asarray(weights, dtype=np.float64)
     k = len(weights)
     important = [target] if important is None else list(important)
-    head = build_loss(loss, k, 2, important=important, margin=margin, scale=scale, weight=weight,
-                      fp_weight=fp_weight).double()
+    head = build_loss(
+        loss, k, 2, important=important, margin=margin, scale=scale, weight=weight, fp_weight=fp_weight
+    ).double()
     with torch.no_grad():
         head.weight.copy_(torch.as_tensor(weights))
         if hasattr(head, "bias"):
@@ -99,13 +116,23 @@ def loss_surface(loss: str, *, target: int = 1, weights: np.ndarray | None = Non
         per_sample = head.per_sample_loss(training_logits, t)
         predicted = head.logits(z).argmax(1)
     shape = (resolution, resolution)
-    return {"x": x, "y": y, "loss": per_sample.numpy().reshape(shape),
-            "predicted": predicted.numpy().reshape(shape),
-            "training": training_logits.argmax(1).numpy().reshape(shape)}
+    return {
+        "x": x,
+        "y": y,
+        "loss": per_sample.numpy().reshape(shape),
+        "predicted": predicted.numpy().reshape(shape),
+        "training": training_logits.argmax(1).numpy().reshape(shape),
+    }
 
 
-def _draw_weights(ax, weights: np.ndarray, labels: Sequence[str], highlight: Sequence[int] = (),
-                  length: float = 1.0, colors: Sequence | None = None) -> None:
+def _draw_weights(
+    ax,
+    weights: np.ndarray,
+    labels: Sequence[str],
+    highlight: Sequence[int] = (),
+    length: float = 1.0,
+    colors: Sequence | None = None,
+) -> None:
     for k, w in enumerate(np.asarray(weights, dtype=float)):
         norm = np.linalg.norm(w)
         if norm == 0:
@@ -113,14 +140,31 @@ def _draw_weights(ax, weights: np.ndarray, labels: Sequence[str], highlight: Seq
         u = w / norm * length
         bold = k in highlight
         color = colors[k] if colors is not None else ("#d62728" if bold else "black")
-        ax.annotate("", xy=(u[0], u[1]), xytext=(0, 0),
-                    arrowprops=dict(arrowstyle="-|>", color=color, lw=2.2 if bold else 1.4))
-        ax.text(u[0] * 1.15, u[1] * 1.15, labels[k], ha="center", va="center", color=color,
-                fontweight="bold" if bold else "normal", fontsize=9)
+        ax.annotate(
+            "", xy=(u[0], u[1]), xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color=color, lw=2.2 if bold else 1.4)
+        )
+        ax.text(
+            u[0] * 1.15,
+            u[1] * 1.15,
+            labels[k],
+            ha="center",
+            va="center",
+            color=color,
+            fontweight="bold" if bold else "normal",
+            fontsize=9,
+        )
 
 
-def plot_loss_contours(losses: Sequence[str] = LOSS_NAMES, *, target: int = 1, extent: float = 3.0,
-                       resolution: int = 161, levels: int = 16, ncols: int = 3, **loss_kwargs) -> Figure:
+def plot_loss_contours(
+    losses: Sequence[str] = LOSS_NAMES,
+    *,
+    target: int = 1,
+    extent: float = 3.0,
+    resolution: int = 161,
+    levels: int = 16,
+    ncols: int = 3,
+    **loss_kwargs,
+) -> Figure:
     """Fig. 2: one panel per loss, the loss of a class-``target`` feature over the plane (filled contours),
     the three weight vectors W_0..W_2, the test-time decision boundaries (solid) and, where a margin moves
     it, the boundary of each class's region under the training logits (dashed): a class-k feature must be
@@ -132,8 +176,9 @@ def plot_loss_contours(losses: Sequence[str] = LOSS_NAMES, *, target: int = 1, e
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     weights = fig2_weights(target=target)
     for ax, loss in zip(axes, losses):
-        surface = loss_surface(loss, target=target, weights=weights, extent=extent, resolution=resolution,
-                               **loss_kwargs)
+        surface = loss_surface(
+            loss, target=target, weights=weights, extent=extent, resolution=resolution, **loss_kwargs
+        )
         x, y, value = surface["x"], surface["y"], surface["loss"]
         filled = ax.contourf(x, y, value, levels=levels, cmap="viridis")
         fig.colorbar(filled, ax=ax, shrink=0.8)
@@ -142,25 +187,40 @@ def plot_loss_contours(losses: Sequence[str] = LOSS_NAMES, *, target: int = 1, e
         for k in range(len(weights)):
             # Where would a class-k feature already win under the training logits? The margin (of every
             # class for ArcFace, of the important class only for CAMRI) shrinks that region.
-            own = surface if k == target else loss_surface(
-                loss, target=k, weights=weights, extent=extent, resolution=resolution, important=[target],
-                **loss_kwargs)
+            own = (
+                surface
+                if k == target
+                else loss_surface(
+                    loss,
+                    target=k,
+                    weights=weights,
+                    extent=extent,
+                    resolution=resolution,
+                    important=[target],
+                    **loss_kwargs,
+                )
+            )
             region = own["training"] == k
             if (region != (own["predicted"] == k)).any():
-                ax.contour(x, y, region.astype(float), levels=[0.5], colors="white", linewidths=1.0,
-                           linestyles="--")
-        _draw_weights(ax, weights * extent * 0.55, [f"$W_{k}$" for k in range(len(weights))], highlight=[target],
-                      colors=["white"] * len(weights))
+                ax.contour(x, y, region.astype(float), levels=[0.5], colors="white", linewidths=1.0, linestyles="--")
+        _draw_weights(
+            ax,
+            weights * extent * 0.55,
+            [f"$W_{k}$" for k in range(len(weights))],
+            highlight=[target],
+            colors=["white"] * len(weights),
+        )
         ax.set_title(f"{LOSSES[loss].display} (target class {target})", fontsize=10)
         ax.set_aspect("equal")
         ax.set_xlabel("$z_1$")
         ax.set_ylabel("$z_2$")
-    for ax in axes[len(losses):]:
+    for ax in axes[len(losses) :]:
         ax.set_visible(False)
     return fig
 
 
 # ---- Fig. 3: features on the unit circle -------------------------------------------------------------
+
 
 def circle_share(weights: np.ndarray, class_index: int, resolution: int = 3600) -> float:
     """Fraction of the unit circle on which class ``class_index`` has the largest cosine to the
@@ -172,9 +232,18 @@ def circle_share(weights: np.ndarray, class_index: int, resolution: int = 3600) 
     return float(((points @ w.T).argmax(1) == class_index).mean())
 
 
-def plot_feature_circle(features2d: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | None = None,
-                        classes: Sequence[str] | None = None, important: Sequence[int] = (),
-                        title: str = "", ax=None, max_points: int = 4000, seed: int = 0) -> Figure:
+def plot_feature_circle(
+    features2d: np.ndarray,
+    labels: np.ndarray,
+    *,
+    weights: np.ndarray | None = None,
+    classes: Sequence[str] | None = None,
+    important: Sequence[int] = (),
+    title: str = "",
+    ax=None,
+    max_points: int = 4000,
+    seed: int = 0,
+) -> Figure:
     """L2-normalised 2-D features on the unit circle (a little radial jitter per sample so that density
     shows), coloured by class, with the class weight vectors (normalised) as arrows; the arc where an
     important class wins is shaded and its share of the circle printed. Returns the axes' figure."""
@@ -186,8 +255,7 @@ def plot_feature_circle(features2d: np.ndarray, labels: np.ndarray, *, weights: 
         fig = _figure(4.6, 4.6)
         ax = fig.subplots()
     fig = ax.figure
-    num_classes = int(max(labels.max() + 1, len(classes) if classes else 0,
-                          len(weights) if weights is not None else 0))
+    num_classes = int(max(labels.max() + 1, len(classes) if classes else 0, len(weights) if weights is not None else 0))
     classes = list(classes) if classes else [str(k) for k in range(num_classes)]
     rng = np.random.default_rng(seed)
     keep = rng.permutation(len(labels))[:max_points]
@@ -206,18 +274,23 @@ def plot_feature_circle(features2d: np.ndarray, labels: np.ndarray, *, weights: 
             wedge_x = np.concatenate([[0], 1.35 * np.cos(phi[inside]), [0]])
             wedge_y = np.concatenate([[0], 1.35 * np.sin(phi[inside]), [0]])
             ax.fill(wedge_x, wedge_y, color=colors[c], alpha=0.12, lw=0)
-            ax.text(0, -1.55, f"share of class {classes[c]}: {circle_share(w, c):.1%} "
-                    f"(uniform {1 / len(w):.1%})", ha="center", fontsize=8)
+            ax.text(
+                0,
+                -1.55,
+                f"share of class {classes[c]}: {circle_share(w, c):.1%} (uniform {1 / len(w):.1%})",
+                ha="center",
+                fontsize=8,
+            )
     circle = np.linspace(0, 2 * np.pi, 361)
     ax.plot(np.cos(circle), np.sin(circle), color="0.8", lw=0.8)
     for k in range(num_classes):
         mine = labels[keep] == k
         if mine.any():
-            ax.scatter(points[mine, 0], points[mine, 1], s=4, color=colors[k], alpha=0.6,
-                       label=classes[k], rasterized=True)
+            ax.scatter(
+                points[mine, 0], points[mine, 1], s=4, color=colors[k], alpha=0.6, label=classes[k], rasterized=True
+            )
     if weights is not None:
-        _draw_weights(ax, np.asarray(weights, dtype=float) * 1.3, classes, highlight=list(important),
-                      colors=colors)
+        _draw_weights(ax, np.asarray(weights, dtype=float) * 1.3, classes, highlight=list(important), colors=colors)
     ax.set_xlim(-1.7, 1.7)
     ax.set_ylim(-1.7, 1.7)
     ax.set_aspect("equal")
@@ -227,15 +300,23 @@ def plot_feature_circle(features2d: np.ndarray, labels: np.ndarray, *, weights: 
     return fig
 
 
-def plot_fig3(panels: Mapping[str, Mapping], *, classes: Sequence[str] | None = None,
-              important: Sequence[int] = ()) -> Figure:
+def plot_fig3(
+    panels: Mapping[str, Mapping], *, classes: Sequence[str] | None = None, important: Sequence[int] = ()
+) -> Figure:
     """Fig. 3: one ``plot_feature_circle`` panel per entry of ``panels`` (title → dict with
     ``features2d``, ``labels`` and optionally ``weights``), side by side, one legend."""
     fig = _figure(4.4 * len(panels) + 1.0, 4.8)
     axes = fig.subplots(1, len(panels), squeeze=False).ravel()
     for ax, (title, panel) in zip(axes, panels.items()):
-        plot_feature_circle(panel["features2d"], panel["labels"], weights=panel.get("weights"),
-                            classes=classes, important=important, title=title, ax=ax)
+        plot_feature_circle(
+            panel["features2d"],
+            panel["labels"],
+            weights=panel.get("weights"),
+            classes=classes,
+            important=important,
+            title=title,
+            ax=ax,
+        )
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="outside right center", markerscale=3, fontsize=8, title="class")
@@ -244,8 +325,14 @@ def plot_fig3(panels: Mapping[str, Mapping], *, classes: Sequence[str] | None = 
 
 # ---- angles ------------------------------------------------------------------------------------------
 
-def plot_angle_histograms(angles: Mapping[str, tuple[np.ndarray, np.ndarray]], important: int, *,
-                          class_name: str | None = None, bins: int = 40) -> Figure:
+
+def plot_angle_histograms(
+    angles: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    important: int,
+    *,
+    class_name: str | None = None,
+    bins: int = 40,
+) -> Figure:
     """Histograms (densities) of θ, the angle between a test feature and its own class's weight vector:
     the important class vs all the other classes (with its kernel density estimate), one panel per method.
 
@@ -260,13 +347,31 @@ def plot_angle_histograms(angles: Mapping[str, tuple[np.ndarray, np.ndarray]], i
         theta, labels = np.asarray(theta, dtype=float), np.asarray(labels)
         mine, others = theta[labels == important], theta[labels != important]
         color = METHOD_COLORS.get(method, "#1f77b4")
-        sns.histplot(x=others, bins=edges, stat="density", element="step", fill=False, color="black", lw=1.0,
-                     label="other classes", ax=ax)
+        sns.histplot(
+            x=others,
+            bins=edges,
+            stat="density",
+            element="step",
+            fill=False,
+            color="black",
+            lw=1.0,
+            label="other classes",
+            ax=ax,
+        )
         # seaborn adds the kernel density estimate of the important class (it needs two distinct angles).
-        sns.histplot(x=mine, bins=edges, stat="density", element="step", color=color, alpha=0.5,
-                     kde=len(np.unique(mine)) > 1, line_kws={"lw": 1.5}, label=f"class {name}", ax=ax)
-        other_vars = [theta[labels == k].var() for k in np.unique(labels) if k != important
-                      and (labels == k).any()]
+        sns.histplot(
+            x=mine,
+            bins=edges,
+            stat="density",
+            element="step",
+            color=color,
+            alpha=0.5,
+            kde=len(np.unique(mine)) > 1,
+            line_kws={"lw": 1.5},
+            label=f"class {name}",
+            ax=ax,
+        )
+        other_vars = [theta[labels == k].var() for k in np.unique(labels) if k != important and (labels == k).any()]
         relative = mine.var() / np.mean(other_vars) if len(mine) and other_vars else float("nan")
         ax.set_title(f"{method}: rel. var {relative:.2f}", fontsize=10)
         ax.set_xlabel("θ to own class weight (degrees)")
@@ -275,9 +380,14 @@ def plot_angle_histograms(angles: Mapping[str, tuple[np.ndarray, np.ndarray]], i
     return fig
 
 
-def plot_relative_variance(frame: pd.DataFrame, *, group: str = "cell", method: str = "method",
-                           value: str = "relative_variance", error: str | None = "relative_variance_std"
-                           ) -> Figure:
+def plot_relative_variance(
+    frame: pd.DataFrame,
+    *,
+    group: str = "cell",
+    method: str = "method",
+    value: str = "relative_variance",
+    error: str | None = "relative_variance_std",
+) -> Figure:
     """Grouped bars: the relative angle variance of the important class (var of its θ / mean var of the
     other classes', < 1 = tighter) per ``group`` (e.g. "cifar10 worst1: cat") and ``method``; a line at 1."""
     groups = list(dict.fromkeys(frame[group]))
@@ -288,9 +398,15 @@ def plot_relative_variance(frame: pd.DataFrame, *, group: str = "cell", method: 
     for i, m in enumerate(methods):
         part = frame[frame[method] == m].set_index(group).reindex(groups)
         yerr = part[error].to_numpy(dtype=float) if error and error in part else None
-        ax.bar(np.arange(len(groups)) + (i - (len(methods) - 1) / 2) * width, part[value].to_numpy(dtype=float),
-               width, yerr=None if yerr is None else np.nan_to_num(yerr), capsize=2, label=m,
-               color=METHOD_COLORS.get(m))
+        ax.bar(
+            np.arange(len(groups)) + (i - (len(methods) - 1) / 2) * width,
+            part[value].to_numpy(dtype=float),
+            width,
+            yerr=None if yerr is None else np.nan_to_num(yerr),
+            capsize=2,
+            label=m,
+            color=METHOD_COLORS.get(m),
+        )
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
     ax.set_xticks(np.arange(len(groups)), groups, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("relative angle variance")
@@ -299,6 +415,7 @@ def plot_relative_variance(frame: pd.DataFrame, *, group: str = "cell", method: 
 
 
 # ---- recall and accuracy ------------------------------------------------------------------------------
+
 
 def plot_class_recall(recalls: pd.DataFrame, *, chosen: pd.DataFrame | None = None, title: str = "") -> Figure:
     """Per-class recall of the CE baseline, sorted (``protocol.class_recalls``), with the sample std over
@@ -312,14 +429,30 @@ def plot_class_recall(recalls: pd.DataFrame, *, chosen: pd.DataFrame | None = No
             roles.setdefault(int(index), []).append(role)
     colors = ["#d62728" if int(c) in roles else "0.6" for c in recalls["class_index"]]
     x = np.arange(len(recalls))
-    ax.bar(x, recalls["recall_mean"], yerr=np.nan_to_num(recalls["recall_std"].to_numpy(dtype=float)),
-           color=colors, capsize=2)
+    ax.bar(
+        x,
+        recalls["recall_mean"],
+        yerr=np.nan_to_num(recalls["recall_std"].to_numpy(dtype=float)),
+        color=colors,
+        capsize=2,
+    )
     for xi, (index, mean) in enumerate(zip(recalls["class_index"], recalls["recall_mean"])):
         if int(index) in roles:
-            ax.text(xi, min(mean + 0.03, 1.02), "/".join(roles[int(index)]), ha="center", va="bottom",
-                    fontsize=7, rotation=90)
-    ax.set_xticks(x, [str(n) for n in recalls["class_name"]], rotation=90 if len(recalls) > 12 else 0,
-                  fontsize=7 if len(recalls) > 12 else 9)
+            ax.text(
+                xi,
+                min(mean + 0.03, 1.02),
+                "/".join(roles[int(index)]),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                rotation=90,
+            )
+    ax.set_xticks(
+        x,
+        [str(n) for n in recalls["class_name"]],
+        rotation=90 if len(recalls) > 12 else 0,
+        fontsize=7 if len(recalls) > 12 else 9,
+    )
     ax.set_ylim(0, 1.15)
     ax.set_ylabel("test recall (CE)")
     ax.set_title(title, fontsize=10)
@@ -337,18 +470,31 @@ def plot_method_recall(table: pd.DataFrame) -> Figure:
     has_paper = bool(np.isfinite(table[["paper_recall", "paper_accuracy"]].to_numpy(dtype=float)).any())
     width = 0.8 / max(1, len(methods))
     x = np.arange(len(cells))
-    for row, (ax, column, paper, label) in enumerate(zip(
-            axes, ("recall", "accuracy"), ("paper_recall", "paper_accuracy"), ("important-class recall",
-                                                                               "accuracy"))):
+    for row, (ax, column, paper, label) in enumerate(
+        zip(axes, ("recall", "accuracy"), ("paper_recall", "paper_accuracy"), ("important-class recall", "accuracy"))
+    ):
         for i, method in enumerate(methods):
             part = table[table["method"] == method].set_index(["dataset", "important", "class"]).reindex(cells)
             offsets = x + (i - (len(methods) - 1) / 2) * width
-            ax.bar(offsets, part[f"{column}_mean"].to_numpy(dtype=float), width,
-                   yerr=np.nan_to_num(part[f"{column}_std"].to_numpy(dtype=float)), capsize=2,
-                   color=METHOD_COLORS.get(method), label=method if row == 0 else None)
+            ax.bar(
+                offsets,
+                part[f"{column}_mean"].to_numpy(dtype=float),
+                width,
+                yerr=np.nan_to_num(part[f"{column}_std"].to_numpy(dtype=float)),
+                capsize=2,
+                color=METHOD_COLORS.get(method),
+                label=method if row == 0 else None,
+            )
             if has_paper:
-                ax.scatter(offsets, part[paper].to_numpy(dtype=float), marker="_", s=120, color="black",
-                           zorder=3, label="paper" if row == 0 and i == 0 else None)
+                ax.scatter(
+                    offsets,
+                    part[paper].to_numpy(dtype=float),
+                    marker="_",
+                    s=120,
+                    color="black",
+                    zorder=3,
+                    label="paper" if row == 0 and i == 0 else None,
+                )
         ax.set_ylabel(label)
         values = table[[f"{column}_mean", paper]].to_numpy(dtype=float)
         finite = values[np.isfinite(values)]
@@ -360,8 +506,9 @@ def plot_method_recall(table: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_tradeoff(settings: pd.DataFrame, *, curve: pd.DataFrame | None = None,
-                  selected: pd.DataFrame | None = None, title: str = "") -> Figure:
+def plot_tradeoff(
+    settings: pd.DataFrame, *, curve: pd.DataFrame | None = None, selected: pd.DataFrame | None = None, title: str = ""
+) -> Figure:
     """Recall of the important class against accuracy: every setting of every method (``cell_settings``
     rows: mean over seeds, std as error bars; filled = maintains accuracy, hollow = does not), the CE
     threshold-tuning curve (``ce_threshold_curve``: a bias added to that class's CE logit after training)
@@ -380,23 +527,56 @@ def plot_tradeoff(settings: pd.DataFrame, *, curve: pd.DataFrame | None = None,
         ax.scatter(at_zero["accuracy"], at_zero["recall"], color="0.4", marker="x", zorder=3)
     for method, part in settings.groupby("method", sort=False):
         color, marker = METHOD_COLORS.get(method), METHOD_MARKERS.get(method, "o")
-        ax.errorbar(part["accuracy_mean"], part["recall_mean"],
-                    xerr=np.nan_to_num(part["accuracy_std"].to_numpy(dtype=float)),
-                    yerr=np.nan_to_num(part["recall_std"].to_numpy(dtype=float)),
-                    fmt="none", ecolor=color, alpha=0.4, lw=0.8)
+        ax.errorbar(
+            part["accuracy_mean"],
+            part["recall_mean"],
+            xerr=np.nan_to_num(part["accuracy_std"].to_numpy(dtype=float)),
+            yerr=np.nan_to_num(part["recall_std"].to_numpy(dtype=float)),
+            fmt="none",
+            ecolor=color,
+            alpha=0.4,
+            lw=0.8,
+        )
         qualified = part["qualified"].astype(bool)
-        ax.scatter(part.loc[qualified, "accuracy_mean"], part.loc[qualified, "recall_mean"], color=color,
-                   marker=marker, s=50, label=method if qualified.any() else None, zorder=4)
-        ax.scatter(part.loc[~qualified, "accuracy_mean"], part.loc[~qualified, "recall_mean"], facecolors="none",
-                   edgecolors=color, marker=marker, s=50, zorder=4,
-                   label=None if qualified.any() else method)
+        ax.scatter(
+            part.loc[qualified, "accuracy_mean"],
+            part.loc[qualified, "recall_mean"],
+            color=color,
+            marker=marker,
+            s=50,
+            label=method if qualified.any() else None,
+            zorder=4,
+        )
+        ax.scatter(
+            part.loc[~qualified, "accuracy_mean"],
+            part.loc[~qualified, "recall_mean"],
+            facecolors="none",
+            edgecolors=color,
+            marker=marker,
+            s=50,
+            zorder=4,
+            label=None if qualified.any() else method,
+        )
     on_test = "selected_on" not in settings or (settings["selected_on"] == "test").all()
     if len(settings) and "accuracy_threshold" in settings and on_test:
-        ax.axvline(float(settings["accuracy_threshold"].iloc[0]), color="black", ls="--", lw=0.8,
-                   label="CE accuracy − tolerance")
+        ax.axvline(
+            float(settings["accuracy_threshold"].iloc[0]),
+            color="black",
+            ls="--",
+            lw=0.8,
+            label="CE accuracy − tolerance",
+        )
     if selected is not None and len(selected):
-        ax.scatter(selected["accuracy_mean"], selected["recall_mean"], s=220, facecolors="none",
-                   edgecolors="black", lw=1.0, zorder=5, label="chosen")
+        ax.scatter(
+            selected["accuracy_mean"],
+            selected["recall_mean"],
+            s=220,
+            facecolors="none",
+            edgecolors="black",
+            lw=1.0,
+            zorder=5,
+            label="chosen",
+        )
     points = settings[["accuracy_mean"]].to_numpy(dtype=float)
     if points.size:
         low, high = np.nanmin(points), np.nanmax(points)
@@ -420,8 +600,14 @@ def plot_epoch_curves(curves: pd.DataFrame, *, class_name: str = "important clas
         for ax, what in zip(axes, ("accuracy", "recall")):
             mean = part[f"{what}_mean"].to_numpy(dtype=float)
             std = np.nan_to_num(part[f"{what}_std"].to_numpy(dtype=float))
-            line, = ax.plot(part["epoch"], mean, marker="." if len(part) < 30 else None, lw=1.2, label=label,
-                            color=METHOD_COLORS.get(method) if curves["method"].eq(method).sum() == len(part) else None)
+            (line,) = ax.plot(
+                part["epoch"],
+                mean,
+                marker="." if len(part) < 30 else None,
+                lw=1.2,
+                label=label,
+                color=METHOD_COLORS.get(method) if curves["method"].eq(method).sum() == len(part) else None,
+            )
             ax.fill_between(part["epoch"], mean - std, mean + std, color=line.get_color(), alpha=0.15, lw=0)
     axes[0].set_ylabel("test accuracy")
     axes[1].set_ylabel(f"recall of {class_name}")
@@ -433,8 +619,9 @@ def plot_epoch_curves(curves: pd.DataFrame, *, class_name: str = "important clas
     return fig
 
 
-def plot_learning_curves(metrics: Mapping[str, pd.DataFrame], column: str = "test_accuracy", *,
-                         title: str = "") -> Figure:
+def plot_learning_curves(
+    metrics: Mapping[str, pd.DataFrame], column: str = "test_accuracy", *, title: str = ""
+) -> Figure:
     """``column`` of metrics.csv over epochs, one line per run (label → DataFrame)."""
     fig = _figure(5.0, 3.2)
     ax = fig.subplots()
@@ -451,8 +638,8 @@ def plot_learning_curves(metrics: Mapping[str, pd.DataFrame], column: str = "tes
 
 # ---- the data set ------------------------------------------------------------------------------------
 
-def plot_class_counts(y_train: np.ndarray, y_test: np.ndarray, classes: Sequence[str], *,
-                      title: str = "") -> Figure:
+
+def plot_class_counts(y_train: np.ndarray, y_test: np.ndarray, classes: Sequence[str], *, title: str = "") -> Figure:
     """Images per class in the training and test splits (stacked bars)."""
     k = len(classes)
     train = np.bincount(np.asarray(y_train), minlength=k)
@@ -469,8 +656,9 @@ def plot_class_counts(y_train: np.ndarray, y_test: np.ndarray, classes: Sequence
     return fig
 
 
-def plot_samples(x: np.ndarray, y: np.ndarray, classes: Sequence[str], *, per_class: int = 6,
-                 max_classes: int = 10, seed: int = 0) -> Figure:
+def plot_samples(
+    x: np.ndarray, y: np.ndarray, classes: Sequence[str], *, per_class: int = 6, max_classes: int = 10, seed: int = 0
+) -> Figure:
     """A grid of sample images: one row per class (the first ``max_classes``), ``per_class`` images each.
     x: uint8 images N×C×H×W (camri.data's layout) or N×H×W."""
     x = np.asarray(x)
@@ -492,8 +680,11 @@ def plot_samples(x: np.ndarray, y: np.ndarray, classes: Sequence[str], *, per_cl
                 spine.set_visible(False)
             if c < len(picks):
                 image = x[picks[c]].transpose(1, 2, 0)
-                ax.imshow(image[:, :, 0] if image.shape[2] == 1 else image, cmap="gray" if image.shape[2] == 1
-                          else None, interpolation="nearest")
+                ax.imshow(
+                    image[:, :, 0] if image.shape[2] == 1 else image,
+                    cmap="gray" if image.shape[2] == 1 else None,
+                    interpolation="nearest",
+                )
             if c == 0:
                 ax.set_ylabel(str(classes[r]), rotation=0, ha="right", va="center", fontsize=8)
     return fig

@@ -58,8 +58,9 @@ def candidate_biases(gap: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([[distinct[0] - 1.0, 0.0, distinct[-1] + 1.0], midpoints]))
 
 
-def bias_outcomes(logits: np.ndarray, labels: np.ndarray, class_index: int,
-                  biases: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def bias_outcomes(
+    logits: np.ndarray, labels: np.ndarray, class_index: int, biases: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Recall of ``class_index`` and overall accuracy at each bias: two arrays of shape (B,).
 
     logits: (N, K); labels: (N,). Recall is NaN when no sample is of the class.
@@ -70,8 +71,7 @@ def bias_outcomes(logits: np.ndarray, labels: np.ndarray, class_index: int,
         raise ValueError(f"labels must be (N,) = {gap.shape}, one per row of logits; got {labels.shape}")
     biases = np.asarray(biases, dtype=np.float64)
     # (N, B): is class_index predicted at each bias? On an exact tie it wins only if its index is lower.
-    wins = (biases[None, :] > gap[:, None]) | ((biases[None, :] == gap[:, None])
-                                               & (class_index < best_other)[:, None])
+    wins = (biases[None, :] > gap[:, None]) | ((biases[None, :] == gap[:, None]) & (class_index < best_other)[:, None])
     target = labels == class_index
     correct = np.where(wins, target[:, None], (best_other == labels)[:, None])
     recall = wins[target].mean(axis=0) if target.any() else np.full(len(biases), np.nan)
@@ -107,9 +107,11 @@ def load_logits(run_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray
     logits_key, labels_key = SPLIT_KEYS[split]
     with np.load(path) as npz:
         if logits_key not in npz:
-            raise ValueError(f"{path} holds no {split} logits ({logits_key!r}): the run was trained without a "
-                             "validation split (before camri stored one). Re-run it with the current camri, "
-                             "or use the paper's test-set selection (protocol.selection: test in the profile)")
+            raise ValueError(
+                f"{path} holds no {split} logits ({logits_key!r}): the run was trained without a "
+                "validation split (before camri stored one). Re-run it with the current camri, "
+                "or use the paper's test-set selection (protocol.selection: test in the profile)"
+            )
         return npz[logits_key].astype(np.float64), npz[labels_key]
 
 
@@ -120,21 +122,29 @@ def bias_setting(setting: dict, class_index: int, split: str, threshold: float) 
     tuned = tune_bias([load_logits(p, split) for p in setting["paths"]], class_index, threshold)
     if tuned is None:
         return None
-    outcomes = [bias_outcomes(*load_logits(p, "test"), class_index, [tuned["bias"]])
-                for p in setting["paths"]]
+    outcomes = [bias_outcomes(*load_logits(p, "test"), class_index, [tuned["bias"]]) for p in setting["paths"]]
     recalls = pd.Series([float(r[0]) for r, _ in outcomes])
     accuracies = pd.Series([float(a[0]) for _, a in outcomes])
     text = f"b={tuned['bias']:+.3g}"
-    return {**setting, "method": setting["method"] + "+bias",
-            "hyperparameters": ", ".join(filter(None, [setting["hyperparameters"], text])),
-            "recalls": tuple(recalls), "accuracies": tuple(accuracies),
-            "recall_mean": recalls.mean(), "recall_std": recalls.std(ddof=1),
-            "accuracy_mean": accuracies.mean(), "accuracy_std": accuracies.std(ddof=1),
-            "selection_recall_mean": tuned["recall"], "selection_accuracy_mean": tuned["accuracy"],
-            "qualified": True, "bias": tuned["bias"]}
+    return {
+        **setting,
+        "method": setting["method"] + "+bias",
+        "hyperparameters": ", ".join(filter(None, [setting["hyperparameters"], text])),
+        "recalls": tuple(recalls),
+        "accuracies": tuple(accuracies),
+        "recall_mean": recalls.mean(),
+        "recall_std": recalls.std(ddof=1),
+        "accuracy_mean": accuracies.mean(),
+        "accuracy_std": accuracies.std(ddof=1),
+        "selection_recall_mean": tuned["recall"],
+        "selection_accuracy_mean": tuned["accuracy"],
+        "qualified": True,
+        "bias": tuned["bias"],
+    }
 
 
 # ---- the recall–accuracy curve of a bias, for the trade-off figures ----------------------------------
+
 
 def _default_biases(gap: np.ndarray, points: int = 201) -> np.ndarray:
     # Quantiles of the gaps put a plot's grid where predictions change; 0 is the plain model; below the
@@ -143,8 +153,9 @@ def _default_biases(gap: np.ndarray, points: int = 201) -> np.ndarray:
     return np.unique(np.concatenate([np.quantile(gap, np.linspace(0, 1, points)), ends]))
 
 
-def threshold_curve(logits: np.ndarray, labels: np.ndarray, class_index: int,
-                    biases: np.ndarray | None = None) -> pd.DataFrame:
+def threshold_curve(
+    logits: np.ndarray, labels: np.ndarray, class_index: int, biases: np.ndarray | None = None
+) -> pd.DataFrame:
     """Recall of ``class_index`` and overall accuracy when ``bias`` is added to that class's logit.
 
     logits: (N, K); labels: (N,) true classes. biases: 1-D, in logit units (default: 201 quantiles of the
@@ -159,8 +170,9 @@ def threshold_curve(logits: np.ndarray, labels: np.ndarray, class_index: int,
     return pd.DataFrame({"bias": biases, "recall": recall, "accuracy": accuracy})
 
 
-def ce_threshold_curve(runs: pd.DataFrame, dataset: str, class_index: int,
-                       biases: np.ndarray | None = None, *, split: str = "test") -> pd.DataFrame:
+def ce_threshold_curve(
+    runs: pd.DataFrame, dataset: str, class_index: int, biases: np.ndarray | None = None, *, split: str = "test"
+) -> pd.DataFrame:
     """``threshold_curve`` of every CE run of ``dataset`` (its stored logits on ``split``), averaged over
     seeds at each bias, so it compares with the methods' mean points of ``protocol.cell_settings``. The
     default bias grid is built from the gaps of all seeds together. Columns: bias, recall, accuracy,

@@ -111,7 +111,7 @@ def dataset_name(value: Any) -> str:
         raise ValueError(f"must be a data set name; got {value!r}")
     if value.startswith("imagefolder:"):
         # Absolute, so that every worker (another cwd, another node) reads the same folder or zip.
-        return f"imagefolder:{Path(value[len('imagefolder:'):]).expanduser().absolute()}"
+        return f"imagefolder:{Path(value[len('imagefolder:') :]).expanduser().absolute()}"
     name = value.strip().lower()
     if name not in camri_data.NAMES:
         raise ValueError(f"unknown data set {value!r}; allowed are {', '.join(camri_data.NAMES)} or imagefolder:PATH")
@@ -122,7 +122,7 @@ def dataset_slug(dataset: str) -> str:
     """The run-folder name of a data set: itself, or for ``imagefolder:<path>`` the file or folder name
     (``cifar10-jpeg`` for ``imagefolder:/data/cifar10-jpeg.zip``)."""
     if dataset.startswith("imagefolder:"):
-        stem = Path(dataset[len("imagefolder:"):]).name
+        stem = Path(dataset[len("imagefolder:") :]).name
         stem = stem[:-4] if stem.lower().endswith(".zip") else stem
         return re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "imagefolder"
     return dataset
@@ -237,12 +237,19 @@ class Profile(Model):
             axes = methods[loss] or {}
             for axis in axes:
                 if axis not in info.axes:
-                    raise invalid(f"{loss}.{axis}", f"unknown key; allowed are "
-                                                    f"{', '.join(info.axes) or '(none: CE has no hyperparameters)'}")
+                    raise invalid(
+                        f"{loss}.{axis}",
+                        f"unknown key; allowed are {', '.join(info.axes) or '(none: CE has no hyperparameters)'}",
+                    )
             # An axis left out takes TrainConfig's default (one value), e.g. scale 16.
-            parsed[loss] = {axis: _axis_values(loss, axis, axes.get(axis, getattr(defaults, axis)[0]
-                                                             if axis == "margin" else getattr(defaults, axis)))
-                            for axis in info.axes}
+            parsed[loss] = {
+                axis: _axis_values(
+                    loss,
+                    axis,
+                    axes.get(axis, getattr(defaults, axis)[0] if axis == "margin" else getattr(defaults, axis)),
+                )
+                for axis in info.axes
+            }
         return parsed
 
     @model_validator(mode="after")
@@ -255,13 +262,17 @@ class Profile(Model):
             except ValueError as error:
                 raise invalid(f"important.classes.{dataset}", str(error)) from None
             if name not in self.datasets:
-                raise invalid(f"important.classes.{dataset}", f"is not one of the profile's datasets "
-                                                              f"({', '.join(self.datasets)})")
+                raise invalid(
+                    f"important.classes.{dataset}", f"is not one of the profile's datasets ({', '.join(self.datasets)})"
+                )
             # Fixed classes take the roles in order (Table 1 reports one class per role; protocol.select_all).
             if len(items) > len(self.important.roles):
-                raise invalid(f"important.classes.{dataset}", f"names {len(items)} classes but important.roles "
-                              f"has {len(self.important.roles)} ({', '.join(self.important.roles)}): the classes "
-                              "take the roles in order, one each; list more roles or fewer classes")
+                raise invalid(
+                    f"important.classes.{dataset}",
+                    f"names {len(items)} classes but important.roles "
+                    f"has {len(self.important.roles)} ({', '.join(self.important.roles)}): the classes "
+                    "take the roles in order, one each; list more roles or fewer classes",
+                )
             classes[name] = items
         self.important.classes = classes
         if not self.important.roles and any(d not in classes for d in self.datasets):
@@ -303,8 +314,9 @@ def load_profile(name_or_path: str | os.PathLike | Profile) -> Profile:
     if not path.is_file():
         if looks_like_path:
             raise ValueError(f"profile file {path} does not exist")
-        raise ValueError(f"unknown profile {text!r}: shipped are {', '.join(shipped_profiles())}, "
-                         "or give the path of a YAML file")
+        raise ValueError(
+            f"unknown profile {text!r}: shipped are {', '.join(shipped_profiles())}, or give the path of a YAML file"
+        )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
@@ -352,10 +364,13 @@ def restrict(profile: Profile, dataset: str) -> Profile:
     return restricted
 
 
-
 def add_profile_arguments(parser) -> None:
     """``--profile`` and ``--results-dir``, shared by the commands that work on a profile."""
-    parser.add_argument("--profile", required=True, help=f"a shipped profile ({', '.join(shipped_profiles())}) or "
-                                                          "the path of a YAML file (docs/profiles.md)")
-    parser.add_argument("--results-dir", default=None,
-                        help="results root; runs go to <root>/<profile name>/ (default: <repo>/results)")
+    parser.add_argument(
+        "--profile",
+        required=True,
+        help=f"a shipped profile ({', '.join(shipped_profiles())}) or the path of a YAML file (docs/profiles.md)",
+    )
+    parser.add_argument(
+        "--results-dir", default=None, help="results root; runs go to <root>/<profile name>/ (default: <repo>/results)"
+    )

@@ -87,28 +87,56 @@ DEFAULT_TOLERANCE = 0.005
 
 # Fields that must agree among the runs of a data set: mixing, say, 30- and 300-epoch runs in one
 # average would be silently wrong, so it is an error and the caller filters the runs first.
-EXPERIMENT_FIELDS = ("validation_fraction", "split_seed", "epochs", "batch_size", "lr", "width", "z_dim",
-                     "bn_momentum", "augment", "image_size")
+EXPERIMENT_FIELDS = (
+    "validation_fraction",
+    "split_seed",
+    "epochs",
+    "batch_size",
+    "lr",
+    "width",
+    "z_dim",
+    "bn_momentum",
+    "augment",
+    "image_size",
+)
 # The CIFAR-10 classes of the authors' shipped configurations. Which class plays which role is inferred
 # from the printed recalls (their cat run ends at recall 0.789 ≈ Table 1's worst1); the GTSRB and AwA2
 # classes are not public.
 PAPER_IMPORTANT_CLASSES = {"CIFAR-10": {"worst1": "cat", "worst2": "dog", "median": "airplane"}}
 
-RUN_COLUMNS = ("path", "dataset", "loss", "method", "important", "margin", "scale", "weight", "fp_weight",
-               "seed", "classes", "accuracy", "recall", "val_accuracy", "val_recall")
+RUN_COLUMNS = (
+    "path",
+    "dataset",
+    "loss",
+    "method",
+    "important",
+    "margin",
+    "scale",
+    "weight",
+    "fp_weight",
+    "seed",
+    "classes",
+    "accuracy",
+    "recall",
+    "val_accuracy",
+    "val_recall",
+)
 # Where the choices are made (docs/protocol.md): on the validation split (default), or on the test set as
 # the paper does; Table 1 always reports test.
 SELECTIONS = ("validation", "test")
 REPORTS = ("final", "last_k")
 # Per split: the run columns of its final accuracy and recall vector, and its metrics.csv columns.
-_SPLIT_COLUMNS = {"test": ("accuracy", "recall", "test_accuracy", "recall_"),
-                  "validation": ("val_accuracy", "val_recall", "val_accuracy", "val_recall_")}
+_SPLIT_COLUMNS = {
+    "test": ("accuracy", "recall", "test_accuracy", "recall_"),
+    "validation": ("val_accuracy", "val_recall", "val_accuracy", "val_recall_"),
+}
 _HYPERPARAMETER_LABELS = {"margin": "m", "scale": "s", "weight": "w", "fp_weight": "w_fp"}
 # Mean accuracies are sums of fractions; a setting exactly at the threshold must not fail on rounding.
 _ACCURACY_EPS = 1e-9
 
 
 # ---- runs ----------------------------------------------------------------------------------------------
+
 
 def _run_row(config: Mapping, summary: Mapping | None, directory: Path) -> dict:
     """One run as a flat dict: the config fields, then the summary's (which win), hashable where grouped.
@@ -163,16 +191,19 @@ def _dataset_runs(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
     for field in EXPERIMENT_FIELDS:
         if field in subset and subset[field].nunique(dropna=False) > 1:
             values = sorted(map(str, subset[field].unique()))
-            raise ValueError(f"the runs of data set {dataset!r} differ in {field} ({', '.join(values)}): "
-                             f"select one experiment first, e.g. runs[runs[{field!r}] == ...]")
+            raise ValueError(
+                f"the runs of data set {dataset!r} differ in {field} ({', '.join(values)}): "
+                f"select one experiment first, e.g. runs[runs[{field!r}] == ...]"
+            )
     return subset
 
 
 def _check_unique_seeds(runs: pd.DataFrame) -> None:
     duplicated = runs[runs["seed"].duplicated(keep=False)]
     if not duplicated.empty:
-        raise ValueError("several finished runs of one setting share a seed (copies?): "
-                         + ", ".join(sorted(duplicated["path"])))
+        raise ValueError(
+            "several finished runs of one setting share a seed (copies?): " + ", ".join(sorted(duplicated["path"]))
+        )
 
 
 def _check_split(runs: pd.DataFrame, split: str) -> None:
@@ -188,7 +219,8 @@ def _check_split(runs: pd.DataFrame, split: str) -> None:
                 f"metrics ({shown}): they were trained without a validation split (validation_fraction 0, or "
                 "before camri made one). Delete those run folders and train them again (`camri grid --profile "
                 "P`, with validation_fraction > 0), or set protocol.selection: test in the profile for the "
-                "paper's test-set selection")
+                "paper's test-set selection"
+            )
 
 
 def apply_report(runs: pd.DataFrame, report: str = "final", last_k: int = 5) -> pd.DataFrame:
@@ -213,6 +245,7 @@ def apply_report(runs: pd.DataFrame, report: str = "final", last_k: int = 5) -> 
 
 # ---- important classes ---------------------------------------------------------------------------------
 
+
 def class_recalls(runs: pd.DataFrame, dataset: str, loss: str = "ce", *, split: str = "validation") -> pd.DataFrame:
     """Per-class recall on ``split`` of the ``loss`` runs of ``dataset`` over seeds, sorted from lowest mean.
 
@@ -223,17 +256,23 @@ def class_recalls(runs: pd.DataFrame, dataset: str, loss: str = "ce", *, split: 
     baseline = _dataset_runs(runs, dataset)
     baseline = baseline[baseline["loss"] == loss]
     if baseline.empty:
-        raise ValueError(f"no finished {loss!r} runs of data set {dataset!r}: the important classes and the "
-                         "accuracy threshold need that baseline")
+        raise ValueError(
+            f"no finished {loss!r} runs of data set {dataset!r}: the important classes and the "
+            "accuracy threshold need that baseline"
+        )
     _check_unique_seeds(baseline)
     _check_split(baseline, split)
     column = _SPLIT_COLUMNS[split][1]
     recall = pd.DataFrame([np.asarray(r, dtype=float) for r in baseline[column]])  # (seeds, K)
-    table = pd.DataFrame({"class_index": np.arange(recall.shape[1]),
-                          "class_name": list(baseline["classes"].iloc[0]),
-                          "recall_mean": recall.mean().to_numpy(),
-                          "recall_std": recall.std(ddof=1).to_numpy(),
-                          "n_seeds": len(baseline)})
+    table = pd.DataFrame(
+        {
+            "class_index": np.arange(recall.shape[1]),
+            "class_name": list(baseline["classes"].iloc[0]),
+            "recall_mean": recall.mean().to_numpy(),
+            "recall_std": recall.std(ddof=1).to_numpy(),
+            "n_seeds": len(baseline),
+        }
+    )
     order = np.lexsort((table["class_index"], table["recall_mean"].round(12)))
     return table.iloc[order].reset_index(drop=True).assign(rank=lambda t: t.index)
 
@@ -263,9 +302,26 @@ def choose_important(runs: pd.DataFrame, dataset: str, *, split: str = "validati
 # ---- settings and selection ----------------------------------------------------------------------------
 
 SETTING_COLUMNS = [
-    "method", "loss", "hyperparameters", "n_seeds", "seeds", "recalls", "accuracies", "recall_mean",
-    "recall_std", "accuracy_mean", "accuracy_std", "selected_on", "selection_recall_mean",
-    "selection_accuracy_mean", "qualified", "accuracy_threshold", "bias", "angle_variances", "paths"]
+    "method",
+    "loss",
+    "hyperparameters",
+    "n_seeds",
+    "seeds",
+    "recalls",
+    "accuracies",
+    "recall_mean",
+    "recall_std",
+    "accuracy_mean",
+    "accuracy_std",
+    "selected_on",
+    "selection_recall_mean",
+    "selection_accuracy_mean",
+    "qualified",
+    "accuracy_threshold",
+    "bias",
+    "angle_variances",
+    "paths",
+]
 
 
 def _angle_variance(run: Mapping, class_index: int) -> float:
@@ -281,22 +337,37 @@ def _setting_row(members: pd.DataFrame, loss: str, class_index: int, split: str,
     chosen_by = members[recall_column].map(lambda r: float(r[class_index]))
     selection_accuracy = members[acc_column].astype(float).mean()
     return {
-        "method": LOSSES[loss].display, "loss": loss,
+        "method": LOSSES[loss].display,
+        "loss": loss,
         "hyperparameters": format_hyperparameters(loss, members.iloc[0]),
-        "n_seeds": len(members), "seeds": tuple(int(s) for s in members["seed"]),
-        "recalls": tuple(recalls), "accuracies": tuple(members["accuracy"].astype(float)),
-        "recall_mean": recalls.mean(), "recall_std": recalls.std(ddof=1),
-        "accuracy_mean": members["accuracy"].mean(), "accuracy_std": members["accuracy"].std(ddof=1),
-        "selected_on": split, "selection_recall_mean": chosen_by.mean(), "selection_accuracy_mean": selection_accuracy,
-        "qualified": bool(selection_accuracy >= threshold - _ACCURACY_EPS), "accuracy_threshold": threshold,
+        "n_seeds": len(members),
+        "seeds": tuple(int(s) for s in members["seed"]),
+        "recalls": tuple(recalls),
+        "accuracies": tuple(members["accuracy"].astype(float)),
+        "recall_mean": recalls.mean(),
+        "recall_std": recalls.std(ddof=1),
+        "accuracy_mean": members["accuracy"].mean(),
+        "accuracy_std": members["accuracy"].std(ddof=1),
+        "selected_on": split,
+        "selection_recall_mean": chosen_by.mean(),
+        "selection_accuracy_mean": selection_accuracy,
+        "qualified": bool(selection_accuracy >= threshold - _ACCURACY_EPS),
+        "accuracy_threshold": threshold,
         "bias": float("nan"),
         "angle_variances": tuple(_angle_variance(r, class_index) for r in members.to_dict("records")),
         "paths": tuple(members["path"]),
     }
 
 
-def cell_settings(runs: pd.DataFrame, dataset: str, class_index: int, *, tolerance: float = DEFAULT_TOLERANCE,
-                  split: str = "validation", bias: bool = False) -> pd.DataFrame:
+def cell_settings(
+    runs: pd.DataFrame,
+    dataset: str,
+    class_index: int,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    split: str = "validation",
+    bias: bool = False,
+) -> pd.DataFrame:
     """Every setting relevant to important class ``class_index`` of ``dataset``, aggregated over seeds.
 
     One row per setting, ordered by method then hyperparameter values; with ``bias``, each setting is
@@ -315,8 +386,9 @@ def cell_settings(runs: pd.DataFrame, dataset: str, class_index: int, *, toleran
     _check_split(data, split)
     ce = data[data["loss"] == "ce"]
     if ce.empty:
-        raise ValueError(f"no finished 'ce' runs of data set {dataset!r}: 'maintaining accuracy' is "
-                         "measured against them")
+        raise ValueError(
+            f"no finished 'ce' runs of data set {dataset!r}: 'maintaining accuracy' is measured against them"
+        )
     threshold = ce[_SPLIT_COLUMNS[split][0]].astype(float).mean() - tolerance
     groups: dict[tuple, list[dict]] = {}
     for run in data.to_dict("records"):
@@ -357,19 +429,43 @@ def epoch_curves(runs: pd.DataFrame, dataset: str, class_index: int) -> pd.DataF
                 raise ValueError(f"{path}/metrics.csv has no column {column!r}: not a run of {dataset!r}?")
             frames.append(metrics[["epoch", "test_accuracy", column]].rename(columns={column: "recall"}))
         for epoch, group in pd.concat(frames).groupby("epoch", sort=True):
-            rows.append({"method": setting["method"], "loss": setting["loss"],
-                         "hyperparameters": setting["hyperparameters"], "epoch": int(epoch),
-                         "n_seeds": len(group), "accuracy_mean": group["test_accuracy"].mean(),
-                         "accuracy_std": group["test_accuracy"].std(ddof=1),
-                         "recall_mean": group["recall"].mean(), "recall_std": group["recall"].std(ddof=1)})
-    return pd.DataFrame(rows, columns=["method", "loss", "hyperparameters", "epoch", "n_seeds", "accuracy_mean",
-                                       "accuracy_std", "recall_mean", "recall_std"])
+            rows.append(
+                {
+                    "method": setting["method"],
+                    "loss": setting["loss"],
+                    "hyperparameters": setting["hyperparameters"],
+                    "epoch": int(epoch),
+                    "n_seeds": len(group),
+                    "accuracy_mean": group["test_accuracy"].mean(),
+                    "accuracy_std": group["test_accuracy"].std(ddof=1),
+                    "recall_mean": group["recall"].mean(),
+                    "recall_std": group["recall"].std(ddof=1),
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "method",
+            "loss",
+            "hyperparameters",
+            "epoch",
+            "n_seeds",
+            "accuracy_mean",
+            "accuracy_std",
+            "recall_mean",
+            "recall_std",
+        ],
+    )
 
 
 def _best(settings: pd.DataFrame) -> pd.Series:
     # Stable sort: among complete ties the earlier row (smaller hyperparameters) wins.
-    ranked = settings.sort_values(["selection_recall_mean", "selection_accuracy_mean", "n_seeds"], ascending=False,
-                                  kind="stable", na_position="last")
+    ranked = settings.sort_values(
+        ["selection_recall_mean", "selection_accuracy_mean", "n_seeds"],
+        ascending=False,
+        kind="stable",
+        na_position="last",
+    )
     return ranked.iloc[0]
 
 
@@ -400,8 +496,9 @@ def _ordered_datasets(runs: pd.DataFrame) -> list[str]:
     return [d for d in DATASET_NAMES if d in present] + sorted(present - set(DATASET_NAMES))
 
 
-def _cell_classes(runs: pd.DataFrame, dataset: str, roles: Sequence[str],
-                  given: Mapping | Sequence | None, split: str) -> list[tuple[str, int, str]]:
+def _cell_classes(
+    runs: pd.DataFrame, dataset: str, roles: Sequence[str], given: Mapping | Sequence | None, split: str
+) -> list[tuple[str, int, str]]:
     """(role, class_index, class_name) of the cells of ``dataset``: chosen from CE unless ``given``."""
     unknown = [role for role in roles if role not in ROLES]
     if unknown:
@@ -424,11 +521,17 @@ def _cell_classes(runs: pd.DataFrame, dataset: str, roles: Sequence[str],
     return cells
 
 
-def select_all(runs: pd.DataFrame, *, tolerance: float = DEFAULT_TOLERANCE, min_seeds: int = 1,
-               roles: Sequence[str] = ROLES,
-               important: Mapping[str, Mapping[str, int | str] | Sequence[int | str]] | None = None,
-               datasets: Sequence[str] | None = None, split: str = "validation",
-               bias: bool = False) -> pd.DataFrame:
+def select_all(
+    runs: pd.DataFrame,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    min_seeds: int = 1,
+    roles: Sequence[str] = ROLES,
+    important: Mapping[str, Mapping[str, int | str] | Sequence[int | str]] | None = None,
+    datasets: Sequence[str] | None = None,
+    split: str = "validation",
+    bias: bool = False,
+) -> pd.DataFrame:
     """``select_settings`` for every data set × role; columns dataset, role, class_index, class_name first.
 
     ``split``: where the important classes and the settings are chosen ("validation", the default, or
@@ -455,11 +558,15 @@ def select_all(runs: pd.DataFrame, *, tolerance: float = DEFAULT_TOLERANCE, min_
             selected.insert(0, "role", role)
             selected.insert(0, "dataset", dataset)
             frames.append(selected)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["dataset", "role", "class_index", "class_name", "selection", "method"])
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["dataset", "role", "class_index", "class_name", "selection", "method"])
+    )
 
 
 # ---- formatting ----------------------------------------------------------------------------------------
+
 
 def display_dataset(name: str) -> str:
     """The paper's spelling of a data set (cifar10 → CIFAR-10, gtsrb → GTSRB, awa2 → AwA2); others as-is.

@@ -38,9 +38,17 @@ from camri.sweep import STAGES, fig3_specs
 
 # ---- the two commands ---------------------------------------------------------------------------------
 
-def reproduce(profile: Profile | str, *, executor: str | None = None, results_dir=None,
-              workers: int | None = None, notebook_dir=None, only: Sequence[str] | None = None,
-              log: Callable[[str], None] = print) -> int:
+
+def reproduce(
+    profile: Profile | str,
+    *,
+    executor: str | None = None,
+    results_dir=None,
+    workers: int | None = None,
+    notebook_dir=None,
+    only: Sequence[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> int:
     """``camri reproduce``: check the data, train what is missing, execute the notebooks. Returns the exit
     status: 0 done (or submitted, to be re-run later), 1 a run or a notebook failed."""
     profile = load_profile(profile)
@@ -50,8 +58,7 @@ def reproduce(profile: Profile | str, *, executor: str | None = None, results_di
     grid.check_data(profile)
     camri_data.check_available(fig3_runs[0].config.dataset, profile.data_dir)
     # 2. Training.
-    report = grid.run(profile, STAGES, executor=kind, wait=kind == "local", workers=workers,
-                      results_dir=results_dir)
+    report = grid.run(profile, STAGES, executor=kind, wait=kind == "local", workers=workers, results_dir=results_dir)
     log(report.summary())
     jobs = read_jobs(report.root)
     unfinished = [s for s in fig3_runs if not s.finished]
@@ -68,21 +75,30 @@ def reproduce(profile: Profile | str, *, executor: str | None = None, results_di
             in_flight |= set(submit_submitit(todo, profile.executor.submitit, report.root, profile.name))
     log(f"Fig. 3 runs: {sum(s.finished for s in fig3_runs)} of {len(fig3_runs)} done")
     if report.failed:
-        log("some runs failed (above: their logs); fix the cause and run the same command again: finished runs "
-            "are kept")
+        log(
+            "some runs failed (above: their logs); fix the cause and run the same command again: finished runs are kept"
+        )
         return 1
     if report.running or report.waiting or in_flight:
-        log(f"runs are submitted or still in flight. See `camri status --profile {profile_argument(profile)}`; "
+        log(
+            f"runs are submitted or still in flight. See `camri status --profile {profile_argument(profile)}`; "
             f"run `camri reproduce --profile {profile_argument(profile)}` again later: it submits what is "
-            "still missing, and renders the notebooks once every run has finished.")
+            "still missing, and renders the notebooks once every run has finished."
+        )
         return 0
     # 3. The notebooks.
     ok = execute_notebooks(profile, results_dir, train=True, notebook_dir=notebook_dir, only=only, log=log)
     return 0 if ok else 1
 
 
-def figures(profile: Profile | str, *, results_dir=None, notebook_dir=None, only: Sequence[str] | None = None,
-            log: Callable[[str], None] = print) -> int:
+def figures(
+    profile: Profile | str,
+    *,
+    results_dir=None,
+    notebook_dir=None,
+    only: Sequence[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> int:
     """``camri figures``: re-execute the notebooks on stored results (TRAIN = False); nothing is trained."""
     profile = load_profile(profile)
     try:
@@ -99,9 +115,16 @@ def figures(profile: Profile | str, *, results_dir=None, notebook_dir=None, only
 
 # ---- command line ------------------------------------------------------------------------------------
 
+
 def _reproduce_command(args) -> int:
-    return reproduce(args.profile, executor=args.executor, results_dir=args.results_dir, workers=args.workers,
-                     notebook_dir=args.notebooks, only=args.only)
+    return reproduce(
+        args.profile,
+        executor=args.executor,
+        results_dir=args.results_dir,
+        workers=args.workers,
+        notebook_dir=args.notebooks,
+        only=args.only,
+    )
 
 
 def _figures_command(args) -> int:
@@ -110,26 +133,43 @@ def _figures_command(args) -> int:
 
 def _common(parser) -> None:
     add_profile_arguments(parser)
-    parser.add_argument("--notebooks", default=None, metavar="DIR",
-                        help="folder of the numbered notebooks NN_*.ipynb (default: the checkout's notebooks/)")
-    parser.add_argument("--only", nargs="+", default=None, metavar="NB",
-                        help="execute only these notebooks: numbers or names, e.g. --only 04 06_fig3_feature_circle")
+    parser.add_argument(
+        "--notebooks",
+        default=None,
+        metavar="DIR",
+        help="folder of the numbered notebooks NN_*.ipynb (default: the checkout's notebooks/)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="NB",
+        help="execute only these notebooks: numbers or names, e.g. --only 04 06_fig3_feature_circle",
+    )
 
 
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
-        "reproduce", help="train a profile's runs and execute the notebooks: results/<profile>/",
+        "reproduce",
+        help="train a profile's runs and execute the notebooks: results/<profile>/",
         description="Check the data, train what is missing (the grid and Fig. 3's runs), then execute the "
-                    "numbered notebooks with papermill into results/<profile>/ (notebooks, figures, tables). "
-                    "Re-running skips finished runs and re-renders.")
+        "numbered notebooks with papermill into results/<profile>/ (notebooks, figures, tables). "
+        "Re-running skips finished runs and re-renders.",
+    )
     _common(parser)
-    parser.add_argument("--executor", choices=EXECUTORS, default=None,
-                        help="default: the profile's executor.kind; submitit submits and returns")
+    parser.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default=None,
+        help="default: the profile's executor.kind; submitit submits and returns",
+    )
     parser.add_argument("--workers", type=int, default=None, help="local: parallel runs (default: the profile's)")
     parser.set_defaults(func=_reproduce_command)
     parser = subparsers.add_parser(
-        "figures", help="regenerate every figure and table from stored results, without training",
+        "figures",
+        help="regenerate every figure and table from stored results, without training",
         description="Execute the notebooks with TRAIN = False: they read the stored runs of the profile and "
-                    "re-render results/<profile>/figures, tables and notebooks. Missing runs are reported.")
+        "re-render results/<profile>/figures, tables and notebooks. Missing runs are reported.",
+    )
     _common(parser)
     parser.set_defaults(func=_figures_command)

@@ -35,6 +35,7 @@ PathLike = str | os.PathLike
 
 # ---- finished or not ---------------------------------------------------------------------------------
 
+
 def is_finished(run_dir: PathLike) -> bool:
     """summary.json is written last, atomically: its presence means the run finished."""
     return (Path(run_dir) / SUMMARY).is_file()
@@ -68,6 +69,7 @@ def epochs_done(run_dir: PathLike) -> int:
 
 # ---- config.json -----------------------------------------------------------------------------------
 
+
 def read_config(run_dir: PathLike) -> dict | None:
     """config.json as stored (``{"config": {...}, "classes", "segments", ...}``), or None without one."""
     path = Path(run_dir) / CONFIG
@@ -96,6 +98,7 @@ def config_conflicts(record: dict, identity: dict) -> dict[str, tuple[Any, Any]]
 
 
 # ---- summary, metrics, angles, weights --------------------------------------------------------------
+
 
 def read_summary(run_dir: PathLike) -> dict:
     return read_json(Path(run_dir) / SUMMARY)

@@ -41,7 +41,7 @@ def _last_error_line(log: Path) -> str:
     except OSError:
         return ""
     starts = [i for i, line in enumerate(lines) if line.startswith("== camri grid:") and " on " in line]
-    for line in reversed(lines[starts[-1] if starts else 0:]):
+    for line in reversed(lines[starts[-1] if starts else 0 :]):
         if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b", line) or "interrupted" in line:
             return line
     return ""
@@ -60,8 +60,13 @@ def run_state(spec, job: dict | None = None, job_state: tuple[bool | None, str] 
         return StatusRow(spec.key, spec.stage, "done", log_path)
     holder = lock_holder(out)
     if holder:
-        return StatusRow(spec.key, spec.stage, "running", log_path,
-                         f"pid {holder}, epoch {rundir.epochs_done(out)}/{spec.config.epochs} done")
+        return StatusRow(
+            spec.key,
+            spec.stage,
+            "running",
+            log_path,
+            f"pid {holder}, epoch {rundir.epochs_done(out)}/{spec.config.epochs} done",
+        )
     if job is not None and job_state is None:
         job_state = job_states({spec.key: job})[spec.key]
     live, state = job_state if job is not None else (False, "")
@@ -70,14 +75,24 @@ def run_state(spec, job: dict | None = None, job_state: tuple[bool | None, str] 
     if log_path is None and (job is None or live is None):
         # Never started here, and no job known to have ended: still to do (or lost track of, e.g. sacct
         # forgot an old job: re-running submits it again, and the lock keeps one process on it).
-        return StatusRow(spec.key, spec.stage, "pending", None, f"{job['cluster']} job {job['job_id']} {state}"
-                         if job is not None else "")
+        return StatusRow(
+            spec.key,
+            spec.stage,
+            "pending",
+            None,
+            f"{job['cluster']} job {job['job_id']} {state}" if job is not None else "",
+        )
     if log_path is None:
         reason = f"{job['cluster']} job {job['job_id']} ended ({state}) before the run started; see {job['folder']}"
     else:
         reason = _last_error_line(log) or "stopped without an error message (killed?)"
-    return StatusRow(spec.key, spec.stage, "failed", log_path,
-                     f"{reason} [after epoch {rundir.epochs_done(out)}/{spec.config.epochs}]")
+    return StatusRow(
+        spec.key,
+        spec.stage,
+        "failed",
+        log_path,
+        f"{reason} [after epoch {rundir.epochs_done(out)}/{spec.config.epochs}]",
+    )
 
 
 def status(profile: Profile | str, results_dir=None) -> list[StatusRow]:
@@ -87,8 +102,9 @@ def status(profile: Profile | str, results_dir=None) -> list[StatusRow]:
     root = profile_dir(profile, results_dir)
     specs = expand(profile, "baseline", results_dir=results_dir)
     with contextlib.suppress(BaselineNotFinished):
-        specs += expand(profile, "methods", choose_important(profile, results_dir, record=False),
-                        results_dir=results_dir)
+        specs += expand(
+            profile, "methods", choose_important(profile, results_dir, record=False), results_dir=results_dir
+        )
     return states(specs, read_jobs(root))
 
 
@@ -122,9 +138,11 @@ def _status_command(args) -> int:
 
 
 def add_cli(subparsers) -> None:
-    stat = subparsers.add_parser("status", help="done / running / failed / pending per run of a profile",
-                                 description="One line per run of a profile; a failed run shows its log and "
-                                             "last error line.")
+    stat = subparsers.add_parser(
+        "status",
+        help="done / running / failed / pending per run of a profile",
+        description="One line per run of a profile; a failed run shows its log and last error line.",
+    )
     add_profile_arguments(stat)
     stat.add_argument("--only", choices=STATES, default=None, help="list only the runs in this state")
     stat.set_defaults(func=_status_command)

@@ -30,10 +30,12 @@ class MissingRunsError(RuntimeError):
 
 
 def missing_message(profile: Profile, missing: Sequence[str], total: int, what: str) -> str:
-    return (f"{len(missing)} of {total} {what} of profile {profile.name!r} are not finished (e.g. {missing[0]}); "
-            f"stored results are read only here (TRAIN = False / camri figures). Train them with "
-            f"`camri reproduce --profile {profile_argument(profile) if profile.source else profile.name}`, "
-            "or run this notebook with TRAIN = True.")
+    return (
+        f"{len(missing)} of {total} {what} of profile {profile.name!r} are not finished (e.g. {missing[0]}); "
+        f"stored results are read only here (TRAIN = False / camri figures). Train them with "
+        f"`camri reproduce --profile {profile_argument(profile) if profile.source else profile.name}`, "
+        "or run this notebook with TRAIN = True."
+    )
 
 
 def check_finished(profile: Profile, results_dir=None, stages: Sequence[str] = STAGES) -> None:
@@ -107,8 +109,7 @@ class Study:
         return dataset_slug(dataset)
 
     def load_data(self, dataset: str) -> camri_data.DataSet:
-        return camri_data.load(dataset, data_dir=self.profile.data_dir,
-                               image_size=self.profile.train.get("image_size"))
+        return camri_data.load(dataset, data_dir=self.profile.data_dir, image_size=self.profile.train.get("image_size"))
 
     # ---- runs ----
     def ensure(self, stages: Sequence[str] = STAGES) -> None:
@@ -161,8 +162,9 @@ class Study:
         ``<method>+bias`` settings included."""
         from camri import protocol
 
-        return protocol.cell_settings(runs, dataset, int(class_index), tolerance=self.tolerance,
-                                      split=self.selection, bias=True)
+        return protocol.cell_settings(
+            runs, dataset, int(class_index), tolerance=self.tolerance, split=self.selection, bias=True
+        )
 
     def select(self, runs, datasets: Sequence[str] | None = None, selection: str | None = None):
         """``camri.protocol.select_all`` with the profile's selection (or ``selection``), tolerance,
@@ -170,10 +172,16 @@ class Study:
         from camri import protocol
 
         roles = list(self.profile.important.roles) or list(protocol.ROLES)
-        return protocol.select_all(runs, tolerance=self.tolerance, min_seeds=self.profile.protocol.min_seeds,
-                                   split=self.selection if selection is None else selection, bias=True,
-                                   roles=roles, important=self.profile.important.classes or None,
-                                   datasets=datasets or self.datasets)
+        return protocol.select_all(
+            runs,
+            tolerance=self.tolerance,
+            min_seeds=self.profile.protocol.min_seeds,
+            split=self.selection if selection is None else selection,
+            bias=True,
+            roles=roles,
+            important=self.profile.important.classes or None,
+            datasets=datasets or self.datasets,
+        )
 
     # ---- how the choices were made, both protocols, the claims ----
     def protocol_note(self, selections) -> str:
@@ -182,17 +190,23 @@ class Study:
         from camri.analysis import seed_counts
 
         p = self.profile.protocol
-        where = ("on the validation split (a stratified share of each training set; Table 1 reports test)"
-                 if p.selection == "validation" else "on the test set, as the paper does (optimistic: the same "
-                 "data choose and report)")
+        where = (
+            "on the validation split (a stratified share of each training set; Table 1 reports test)"
+            if p.selection == "validation"
+            else "on the test set, as the paper does (optimistic: the same data choose and report)"
+        )
         report = "each run's final epoch" if p.report == "final" else f"each run's mean over its last {p.last_k} epochs"
         fewest, most = seed_counts(selections)
         seeds = f"{fewest}" if fewest == most else f"{fewest}–{most}"
-        lines = [f"Important classes, \"maintaining accuracy\" (tolerance {p.accuracy_tolerance:g}) and the best "
-                 f"setting per method chosen {where}; numbers are {report}; n = {seeds} seeds per setting."]
+        lines = [
+            f'Important classes, "maintaining accuracy" (tolerance {p.accuracy_tolerance:g}) and the best '
+            f"setting per method chosen {where}; numbers are {report}; n = {seeds} seeds per setting."
+        ]
         if fewest < 5:
-            lines.append(f"**Warning: {fewest} seed(s)** per setting at the fewest. The paper averaged ten trials; "
-                         "with fewer than 5 a mean ± std is a rough estimate and a paired interval is wide.")
+            lines.append(
+                f"**Warning: {fewest} seed(s)** per setting at the fewest. The paper averaged ten trials; "
+                "with fewer than 5 a mean ± std is a rough estimate and a paired interval is wide."
+            )
         return "\n\n".join(lines)
 
     def compare_selections(self, runs):
@@ -208,16 +222,17 @@ class Study:
         """``<root>/claims.md``: the paper's claims checked against these runs (``camri.claims``)."""
         from camri import claims, protocol
 
-        important = {d: self.important(runs, d) for d in self.datasets
-                     if d not in self.profile.important.classes}
+        important = {d: self.important(runs, d) for d in self.datasets if d not in self.profile.important.classes}
         table = claims.check_claims(selections, important, split=self.selection)
         t = self.profile.train
         names = ", ".join(protocol.display_dataset(d) for d in self.datasets)
-        context = [f"profile `{self.name}`: {names}; seeds {list(self.profile.seeds)}; "
-                   f"{t.get('epochs', 300)} epochs, width {t.get('width', 1.0)}",
-                   self.protocol_note(selections).replace("\n\n", " "),
-                   "Comparisons pair the methods' chosen settings by seed: mean test difference with a 95 % "
-                   "interval (t below 10 pairs, bootstrap from 10); docs/protocol.md states every rule."]
+        context = [
+            f"profile `{self.name}`: {names}; seeds {list(self.profile.seeds)}; "
+            f"{t.get('epochs', 300)} epochs, width {t.get('width', 1.0)}",
+            self.protocol_note(selections).replace("\n\n", " "),
+            "Comparisons pair the methods' chosen settings by seed: mean test difference with a 95 % "
+            "interval (t below 10 pairs, bootstrap from 10); docs/protocol.md states every rule.",
+        ]
         return claims.write_claims(table, self.root, title=f"{self.name} ({names})", context=context)
 
     # ---- Fig. 3 ----
@@ -231,8 +246,9 @@ class Study:
         if todo:
             failed = train_fig3(self.profile, todo, self.workers)
             if failed:
-                raise RuntimeError(f"Fig. 3 run {failed[0].key} did not finish; its log: "
-                                   f"{failed[0].out_dir / rundir.LOG}")
+                raise RuntimeError(
+                    f"Fig. 3 run {failed[0].key} did not finish; its log: {failed[0].out_dir / rundir.LOG}"
+                )
         return {"CE": specs[0].out_dir, "CAMRI": specs[1].out_dir}
 
     # ---- output ----
@@ -247,15 +263,21 @@ class Study:
         """Save ``frame`` as ``tables/<name>.csv`` and ``.md``; returns it (for display). A ``paths``
         column (absolute run folders, as in ``protocol.cell_settings``) is left out of the files."""
         frame = frame.drop(columns=["paths"], errors="ignore")
-        atomic_write_text(self.tables_dir / f"{name}.csv",
-                          frame.to_csv(index=index, float_format="%.6g", lineterminator="\n"))
+        atomic_write_text(
+            self.tables_dir / f"{name}.csv", frame.to_csv(index=index, float_format="%.6g", lineterminator="\n")
+        )
         atomic_write_text(self.tables_dir / f"{name}.md", markdown_table(frame, index=index) + "\n")
         return frame
 
 
-
-def open_study(profile: str | os.PathLike | Profile, results_dir: str | os.PathLike | None = None, *,
-               train: bool = True, dataset: str | None = None, workers: int | None = None) -> Study:
+def open_study(
+    profile: str | os.PathLike | Profile,
+    results_dir: str | os.PathLike | None = None,
+    *,
+    train: bool = True,
+    dataset: str | None = None,
+    workers: int | None = None,
+) -> Study:
     """What a notebook starts with: the profile (a shipped name or a YAML path) restricted to ``dataset``
     when given, its results root (None: ``<repo>/results``), and whether missing runs are trained."""
     loaded = load_profile(profile)

@@ -40,8 +40,9 @@ class RunSpec:
     key: str
 
     def to_json(self) -> str:
-        return json.dumps({"config": self.config.to_json(), "out_dir": str(self.out_dir), "stage": self.stage,
-                           "key": self.key})
+        return json.dumps(
+            {"config": self.config.to_json(), "out_dir": str(self.out_dir), "stage": self.stage, "key": self.key}
+        )
 
     @classmethod
     def from_json(cls, text: str) -> RunSpec:
@@ -80,19 +81,24 @@ def _axis_product(grid: dict) -> list[dict]:
     return settings
 
 
-def make_spec(base: TrainConfig, root: Path, stage: str, loss: str, important: list, values: dict, *,
-              prefix: str = "") -> RunSpec:
+def make_spec(
+    base: TrainConfig, root: Path, stage: str, loss: str, important: list, values: dict, *, prefix: str = ""
+) -> RunSpec:
     """The run of ``loss`` with ``values`` (one per axis) on ``base`` (dataset and seed set), in
     ``root/<prefix><dataset slug>/<loss>/<setting>/seed<N>``."""
-    fields = {"loss": loss, "important": list(important) if LOSSES[loss].class_specific else [],
-              **{axis: (value,) if axis == "margin" else value for axis, value in values.items()}}
+    fields = {
+        "loss": loss,
+        "important": list(important) if LOSSES[loss].class_specific else [],
+        **{axis: (value,) if axis == "margin" else value for axis, value in values.items()},
+    }
     config = base.replace(**fields)
     key = f"{prefix}{dataset_slug(config.dataset)}/{loss}/{setting_slug(loss, important, values)}/seed{config.seed}"
     return RunSpec(config=config, out_dir=root / key.removeprefix(prefix), stage=stage, key=key)
 
 
-def expand(profile: Profile | str, stage: str = "all", important: dict | None = None,
-           results_dir=None) -> list[RunSpec]:
+def expand(
+    profile: Profile | str, stage: str = "all", important: dict | None = None, results_dir=None
+) -> list[RunSpec]:
     """The runs of ``stage`` (``baseline``, ``methods`` or ``all``), deduplicated by run directory.
 
     baseline: CE × data set × seed. methods: every other method of the profile; CE is not repeated (the
@@ -160,11 +166,16 @@ def choose_important(profile: Profile | str, results_dir=None, *, record: bool =
         if dataset in profile.important.classes:
             items = profile.important.classes[dataset]
             # Names need the data set's class list; plain indices do not (train checks their range).
-            indices = items if all(isinstance(i, int) for i in items) else resolve_important(
-                items, _class_names(profile, dataset))
+            indices = (
+                items
+                if all(isinstance(i, int) for i in items)
+                else resolve_important(items, _class_names(profile, dataset))
+            )
             chosen[dataset] = list(dict.fromkeys(int(i) for i in indices))
-            record_rows[dataset] = [{"role": role, "class_index": int(i), "fixed": True}
-                                    for role, i in zip(profile.important.roles, chosen[dataset])]
+            record_rows[dataset] = [
+                {"role": role, "class_index": int(i), "fixed": True}
+                for role, i in zip(profile.important.roles, chosen[dataset])
+            ]
             continue
         baseline = [s for s in expand(profile, "baseline", results_dir=results_dir) if s.config.dataset == dataset]
         missing = [s.key for s in baseline if not s.finished]
@@ -172,7 +183,8 @@ def choose_important(profile: Profile | str, results_dir=None, *, record: bool =
             raise BaselineNotFinished(
                 f"the important classes of {dataset} are chosen from its CE baseline, and {len(missing)} of its "
                 f"{len(baseline)} runs are not finished (e.g. {missing[0]}): run the baseline stage first, or "
-                "fix important.classes in the profile")
+                "fix important.classes in the profile"
+            )
         from camri import protocol  # pandas/scipy: imported only when a choice is made
 
         runs = protocol.load_runs(root / "runs" / dataset_slug(dataset) / "ce")
@@ -180,9 +192,15 @@ def choose_important(profile: Profile | str, results_dir=None, *, record: bool =
         runs = runs[runs["path"].isin([str(s.out_dir) for s in baseline])]
         runs = protocol.apply_report(runs, profile.protocol.report, profile.protocol.last_k)
         table = protocol.choose_important(runs, dataset, split=profile.protocol.selection).set_index("role")
-        rows = [{"role": role, "class_index": int(table.loc[role, "class_index"]),
-                 "class_name": str(table.loc[role, "class_name"]),
-                 "recall_mean": float(table.loc[role, "recall_mean"])} for role in profile.important.roles]
+        rows = [
+            {
+                "role": role,
+                "class_index": int(table.loc[role, "class_index"]),
+                "class_name": str(table.loc[role, "class_name"]),
+                "recall_mean": float(table.loc[role, "recall_mean"]),
+            }
+            for role in profile.important.roles
+        ]
         chosen[dataset] = list(dict.fromkeys(r["class_index"] for r in rows))
         record_rows[dataset] = rows
     if record:
@@ -206,13 +224,17 @@ def fig3_specs(profile: Profile | str, results_dir=None) -> list[RunSpec]:
     profile = load_profile(profile)
     fig3 = profile.fig3
     dataset = fig3_dataset(fig3.dataset, profile.data_dir)
-    base = profile.base_config().replace(z_dim=2, dataset=dataset, seed=fig3.seed,
-                                         **({"epochs": fig3.epochs} if fig3.epochs is not None else {}))
+    base = profile.base_config().replace(
+        z_dim=2, dataset=dataset, seed=fig3.seed, **({"epochs": fig3.epochs} if fig3.epochs is not None else {})
+    )
     important = int(fig3.important) if str(fig3.important).isdigit() else fig3.important
     root = profile_dir(profile, results_dir) / "fig3"
-    return [make_spec(base, root, "fig3", "ce", [], {}, prefix="fig3/"),
-            make_spec(base, root, "fig3", "camri", [important], {"margin": fig3.margin[0], "scale": fig3.scale},
-                      prefix="fig3/")]
+    return [
+        make_spec(base, root, "fig3", "ce", [], {}, prefix="fig3/"),
+        make_spec(
+            base, root, "fig3", "camri", [important], {"margin": fig3.margin[0], "scale": fig3.scale}, prefix="fig3/"
+        ),
+    ]
 
 
 def fig3_dataset(dataset: str | None, data_dir: str | None = None) -> str:

@@ -17,10 +17,21 @@ from camri.protocol import display_dataset
 TABLE1_METHODS = tuple(LOSSES[name].display for name in DISPLAY_ORDER if LOSSES[name].in_table1) + ("CE+bias",)
 
 #: The columns of table1.csv, the machine-readable contract.
-TABLE1_COLUMNS = ("dataset", "important", "class", "method", "recall_mean", "recall_std", "accuracy_mean",
-                  "accuracy_std", "n_seeds", "hyperparameters", "qualified", "paper_recall", "paper_accuracy")
-
-
+TABLE1_COLUMNS = (
+    "dataset",
+    "important",
+    "class",
+    "method",
+    "recall_mean",
+    "recall_std",
+    "accuracy_mean",
+    "accuracy_std",
+    "n_seeds",
+    "hyperparameters",
+    "qualified",
+    "paper_recall",
+    "paper_accuracy",
+)
 
 
 def _number(value: float, signed: bool = False) -> str:
@@ -33,20 +44,25 @@ def _cell_lines(row: pd.Series) -> list[str]:
     """A Table 1 cell as text lines: ours ± std, hyperparameters and seeds, the paper's value and Δ."""
     if row["n_seeds"] == 0:
         return ["–"]
-    lines = [f"{_number(row['recall_mean'])} ± {_number(row['recall_std'])} "
-             f"({_number(row['accuracy_mean'])} ± {_number(row['accuracy_std'])})",
-             "; ".join(filter(None, [row["hyperparameters"], f"n={row['n_seeds']}"]))
-             + ("" if row["qualified"] else " †")]
+    lines = [
+        f"{_number(row['recall_mean'])} ± {_number(row['recall_std'])} "
+        f"({_number(row['accuracy_mean'])} ± {_number(row['accuracy_std'])})",
+        "; ".join(filter(None, [row["hyperparameters"], f"n={row['n_seeds']}"])) + ("" if row["qualified"] else " †"),
+    ]
     if not pd.isna(row["paper_recall"]):
-        lines.append(f"paper {_number(row['paper_recall'])} ({_number(row['paper_accuracy'])}), "
-                     f"Δ {_number(row['recall_diff'], True)} ({_number(row['accuracy_diff'], True)})")
+        lines.append(
+            f"paper {_number(row['paper_recall'])} ({_number(row['paper_accuracy'])}), "
+            f"Δ {_number(row['recall_diff'], True)} ({_number(row['accuracy_diff'], True)})"
+        )
     return lines
 
 
-_CAPTION = ("Mean important-class recall (mean accuracy) ± sample std over seeds; chosen hyperparameters "
-            "(m = margin, s = scale, w = WCE / CRWWCE false-negative weight, w_fp = CRWWCE false-positive "
-            "weight); n = seeds; the paper's value and Δ = ours − paper. † no setting of the method "
-            "maintained accuracy: its best-recall setting is shown.")
+_CAPTION = (
+    "Mean important-class recall (mean accuracy) ± sample std over seeds; chosen hyperparameters "
+    "(m = margin, s = scale, w = WCE / CRWWCE false-negative weight, w_fp = CRWWCE false-positive "
+    "weight); n = seeds; the paper's value and Δ = ours − paper. † no setting of the method "
+    "maintained accuracy: its best-recall setting is shown."
+)
 
 
 def _grids(table: pd.DataFrame):
@@ -54,8 +70,10 @@ def _grids(table: pd.DataFrame):
     for dataset, part in table.groupby("dataset", sort=False):
         roles = part.drop_duplicates("important")
         headers = [f"{r}: {c}" for r, c in zip(roles["important"], roles["class"])]
-        cells = {method: [_cell_lines(row) for _, row in rows.iterrows()]
-                 for method, rows in part.groupby("method", sort=False)}
+        cells = {
+            method: [_cell_lines(row) for _, row in rows.iterrows()]
+            for method, rows in part.groupby("method", sort=False)
+        }
         yield dataset, headers, cells
 
 
@@ -63,18 +81,32 @@ def table1_markdown(table: pd.DataFrame) -> str:
     """Table 1 as Markdown: one table per data set, rows = methods, columns = important classes."""
     out = ["# Table 1", "", _CAPTION, ""]
     for dataset, headers, cells in _grids(table):
-        out += [f"## {dataset}", "", "| method | " + " | ".join(headers) + " |",
-                "|---" * (len(headers) + 1) + "|"]
-        out += [f"| {method} | " + " | ".join("<br>".join(lines) for lines in row) + " |"
-                for method, row in cells.items()]
+        out += [f"## {dataset}", "", "| method | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
+        out += [
+            f"| {method} | " + " | ".join("<br>".join(lines) for lines in row) + " |" for method, row in cells.items()
+        ]
         out.append("")
     return "\n".join(out)
 
 
 # One pass over the characters, so that a replacement is never escaped again.
-_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "π": r"$\pi$",
-          "±": r"$\pm$", "Δ": r"$\Delta$", "–": "--", "†": r"$^\dagger$"}
+_LATEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "π": r"$\pi$",
+    "±": r"$\pm$",
+    "Δ": r"$\Delta$",
+    "–": "--",
+    "†": r"$^\dagger$",
+}
 
 
 def _latex(text: str) -> str:
@@ -86,12 +118,19 @@ def table1_latex(table: pd.DataFrame) -> str:
     out = ["% Table 1. " + _CAPTION]
     for dataset, headers, cells in _grids(table):
         columns = len(headers) + 1
-        out += [r"\begin{tabular}{l" + "c" * len(headers) + "}", r"\hline",
-                rf"\multicolumn{{{columns}}}{{c}}{{{_latex(dataset)}}} \\", r"\hline",
-                "Method & " + " & ".join(_latex(h) for h in headers) + r" \\", r"\hline"]
+        out += [
+            r"\begin{tabular}{l" + "c" * len(headers) + "}",
+            r"\hline",
+            rf"\multicolumn{{{columns}}}{{c}}{{{_latex(dataset)}}} \\",
+            r"\hline",
+            "Method & " + " & ".join(_latex(h) for h in headers) + r" \\",
+            r"\hline",
+        ]
         for method, row in cells.items():
-            stacked = [r"\begin{tabular}[t]{@{}c@{}}" + r" \\ ".join(_latex(x) for x in lines) + r"\end{tabular}"
-                       for lines in row]
+            stacked = [
+                r"\begin{tabular}[t]{@{}c@{}}" + r" \\ ".join(_latex(x) for x in lines) + r"\end{tabular}"
+                for lines in row
+            ]
             out.append(_latex(method) + " & " + " & ".join(stacked) + r" \\")
         out += [r"\hline", r"\end{tabular}", ""]
     return "\n".join(out)
@@ -106,6 +145,7 @@ def table1_csv(table: pd.DataFrame) -> str:
 
 
 # ---- Table 1 -------------------------------------------------------------------------------------------
+
 
 def paper_table1() -> pd.DataFrame:
     """The paper's Table 1 (camri/paper_table1.csv): dataset, important, method, recall, accuracy."""
@@ -125,15 +165,37 @@ def table1(selections: pd.DataFrame) -> pd.DataFrame:
     maintaining = selections[selections["selection"] == "maintaining"]
     rows = []
     for (dataset, role, class_index, class_name), cell in maintaining.groupby(
-            ["dataset", "role", "class_index", "class_name"], sort=False):
+        ["dataset", "role", "class_index", "class_name"], sort=False
+    ):
         chosen = cell.set_index("method")
         for method in TABLE1_METHODS:
-            row = {"dataset": display_dataset(dataset), "important": role, "class": class_name,
-                   "method": method, "recall_mean": np.nan, "recall_std": np.nan, "accuracy_mean": np.nan,
-                   "accuracy_std": np.nan, "n_seeds": 0, "hyperparameters": "", "qualified": False}
+            row = {
+                "dataset": display_dataset(dataset),
+                "important": role,
+                "class": class_name,
+                "method": method,
+                "recall_mean": np.nan,
+                "recall_std": np.nan,
+                "accuracy_mean": np.nan,
+                "accuracy_std": np.nan,
+                "n_seeds": 0,
+                "hyperparameters": "",
+                "qualified": False,
+            }
             if method in chosen.index:
-                row.update({c: chosen.at[method, c] for c in ("recall_mean", "recall_std", "accuracy_mean",
-                                                              "accuracy_std", "n_seeds", "hyperparameters")})
+                row.update(
+                    {
+                        c: chosen.at[method, c]
+                        for c in (
+                            "recall_mean",
+                            "recall_std",
+                            "accuracy_mean",
+                            "accuracy_std",
+                            "n_seeds",
+                            "hyperparameters",
+                        )
+                    }
+                )
                 row["qualified"] = bool(chosen.at[method, "qualified"])
             key = (row["dataset"], role, method)
             row["paper_recall"] = paper["recall"].get(key, np.nan)

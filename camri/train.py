@@ -71,10 +71,13 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
         reason = str(error).strip().split(". ")[0].splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
             f"{path} cannot be read: it is truncated or corrupt ({reason}). Delete it and run the same "
-            f"command again: the run restarts from epoch 1 in {path.parent}.") from error
+            f"command again: the run restarts from epoch 1 in {path.parent}."
+        ) from error
     if not isinstance(state, dict) or not {"model", "optimizer", "rng", "history", "epoch"} <= set(state):
-        raise CheckpointError(f"{path} is not a camri checkpoint (no model, optimizer, rng, history and epoch): "
-                              "delete it and run the same command again to restart the run from epoch 1.")
+        raise CheckpointError(
+            f"{path} is not a camri checkpoint (no model, optimizer, rng, history and epoch): "
+            "delete it and run the same command again to restart the run from epoch 1."
+        )
     return state
 
 
@@ -104,16 +107,22 @@ def resolve_important(important, classes: list[str]) -> list[int]:
         elif item in classes:
             index = classes.index(item)
         else:
-            raise ValueError(f"important class {item!r} is not a class of this data set: valid are "
-                             f"{', '.join(classes)} or their indices 0..{len(classes) - 1}")
+            raise ValueError(
+                f"important class {item!r} is not a class of this data set: valid are "
+                f"{', '.join(classes)} or their indices 0..{len(classes) - 1}"
+            )
         resolved.append(index)
     return resolved
 
 
 def _git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -136,12 +145,21 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 class Run:
     """One training run in ``out_dir``. ``Run(config, out_dir).execute()`` trains, resumes or skips."""
 
-    def __init__(self, config: TrainConfig, out_dir: str | Path, *, quiet: bool = False,
-                 dataset: camri_data.DataSet | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        out_dir: str | Path,
+        *,
+        quiet: bool = False,
+        dataset: camri_data.DataSet | None = None,
+    ):
         self.out = Path(out_dir)
         self.quiet = quiet
-        loaded = dataset if dataset is not None else camri_data.load(
-            config.dataset, data_dir=config.data_dir, image_size=config.image_size)
+        loaded = (
+            dataset
+            if dataset is not None
+            else camri_data.load(config.dataset, data_dir=config.data_dir, image_size=config.image_size)
+        )
         # The validation split is carved here, from the config, so every run of a profile has the same one.
         self.data = loaded.with_validation(config.validation_fraction, config.split_seed)
         # The last check of the config needs the data set's class names; nothing is written before it.
@@ -151,9 +169,13 @@ class Run:
         self.channels_last = resolve_channels_last(self.config.channels_last, self.device)
         if self.amp and self.device.type == "cpu" and not cpu_has_bf16():
             # Without bf16 kernels oneDNN emulates them: 17-23x slower than float32 (docs/performance.md).
-            warnings.warn("--amp bf16 on a CPU without native bfloat16 support (no avx512_bf16/amx): oneDNN "
-                          "falls back to slow kernels and training runs about 20x slower than float32. "
-                          "Use --amp off (or auto) on this machine.", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                "--amp bf16 on a CPU without native bfloat16 support (no avx512_bf16/amx): oneDNN "
+                "falls back to slow kernels and training runs about 20x slower than float32. "
+                "Use --amp off (or auto) on this machine.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self._tensors: dict[str, torch.Tensor] = {}  # the data set on the device (_device_tensors)
         self._tensors_of: tuple[torch.Tensor, ...] = ()  # ... made from these tensors of self.data
 
@@ -167,29 +189,39 @@ class Run:
             lines = ", ".join(f"{k}: stored {a!r} vs now {b!r}" for k, (a, b) in diff.items())
             raise ConfigMismatchError(
                 f"{self.out} already holds a run with another configuration ({lines}). "
-                "Use another --out, or delete that directory to start over.")
+                "Use another --out, or delete that directory to start over."
+            )
         # An "auto" setting resolves by camri's defaults of the day; a run resumes with what it started with
         # (a default that changed since, e.g. channels_last on CPU, would change its last bits mid-run).
         same_device = str(record.get("device", "")).split(":")[0] == self.device.type
         for key, attribute in (("channels_last", "channels_last"), ("amp_bf16", "amp")):  # attribute = config field
-            if (same_device and getattr(self.config, attribute) == "auto" and key in record
-                    and bool(record[key]) != getattr(self, attribute)):
+            if (
+                same_device
+                and getattr(self.config, attribute) == "auto"
+                and key in record
+                and bool(record[key]) != getattr(self, attribute)
+            ):
                 self._log(f"{self.out}: resuming with {key} = {bool(record[key])}, as the run started")
                 setattr(self, attribute, bool(record[key]))
 
     def _write_config(self, first_epoch: int) -> None:
         """config.json, with one entry in ``segments`` per start or resume of the run: what trained the
         epochs from ``first_epoch`` on (the top-level version fields stay those of the first segment)."""
-        rundir.write_config(self.out, self.config.to_json(), classes=self.data.classes, segment={
-            "first_epoch": first_epoch,
-            "started": datetime.datetime.now().isoformat(timespec="seconds"),
-            "camri_version": camri.__version__,
-            "git_commit": _git_commit(),
-            "torch_version": torch.__version__,
-            "device": str(self.device),
-            "amp_bf16": self.amp,
-            "channels_last": self.channels_last,
-        })
+        rundir.write_config(
+            self.out,
+            self.config.to_json(),
+            classes=self.data.classes,
+            segment={
+                "first_epoch": first_epoch,
+                "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                "camri_version": camri.__version__,
+                "git_commit": _git_commit(),
+                "torch_version": torch.__version__,
+                "device": str(self.device),
+                "amp_bf16": self.amp,
+                "channels_last": self.channels_last,
+            },
+        )
 
     def _write_metrics(self, rows: list[dict]) -> None:
         rundir.write_metrics(self.out, rows)
@@ -202,8 +234,12 @@ class Run:
 
     def build_model(self) -> tuple[Classifier, torch.optim.Optimizer]:
         """This run's model (seeded by its config) and optimiser: camri.loop.build_model."""
-        return loop.build_model(self.config, in_channels=self.data.image_shape[0],
-                                num_classes=self.data.num_classes, placement=self.placement)
+        return loop.build_model(
+            self.config,
+            in_channels=self.data.image_shape[0],
+            num_classes=self.data.num_classes,
+            placement=self.placement,
+        )
 
     def _device_tensors(self) -> dict[str, torch.Tensor]:
         """The data set's uint8 images and labels on the training device, moved there once: on a GPU a
@@ -221,8 +257,18 @@ class Run:
     def train_epoch(self, model, optimizer, epoch: int, bar=None) -> loop.EpochResult:
         """One epoch of camri.loop.train_epoch over this run's training set (``self.data`` as it is now)."""
         c, tensors = self.config, self._device_tensors()
-        return loop.train_epoch(model, optimizer, tensors["x_train"], tensors["y_train"], batch_size=c.batch_size,
-                                seed=c.seed, epoch=epoch, placement=self.placement, augment=c.augment, progress=bar)
+        return loop.train_epoch(
+            model,
+            optimizer,
+            tensors["x_train"],
+            tensors["y_train"],
+            batch_size=c.batch_size,
+            seed=c.seed,
+            epoch=epoch,
+            placement=self.placement,
+            augment=c.augment,
+            progress=bar,
+        )
 
     def evaluate(self, model, split: str = "test") -> dict | None:
         """camri.loop.evaluate over this run's ``split`` ("test" or "val"): features, cosines, logits and
@@ -230,8 +276,13 @@ class Run:
         tensors = self._device_tensors()
         if not len(tensors[f"y_{split}"]):
             return None
-        return loop.evaluate(model, tensors[f"x_{split}"], tensors[f"y_{split}"],
-                             batch_size=self.config.eval_batch_size, placement=self.placement)
+        return loop.evaluate(
+            model,
+            tensors[f"x_{split}"],
+            tensors[f"y_{split}"],
+            batch_size=self.config.eval_batch_size,
+            placement=self.placement,
+        )
 
     def _confusion(self, ev: dict) -> torch.Tensor:
         if "confusion" not in ev:  # once per evaluation: the last epoch's row and the summary share it
@@ -264,11 +315,15 @@ class Run:
             "accuracy": confusion.diagonal().sum().item() / confusion.sum().item(),
             "recall": recall_per_class(confusion).tolist(),
             "confusion": confusion.tolist(),
-            "angle_mean_deg": means, "angle_var_deg2": variances,
+            "angle_mean_deg": means,
+            "angle_var_deg2": variances,
             "relative_angle_variance": relative_angle_variance(variances, self.config.important or range(k)),
         }
-        arrays = {"theta_deg": theta.float().numpy(), "labels": labels.numpy(),
-                  "logits": ev["logits"].float().cpu().numpy()}
+        arrays = {
+            "theta_deg": theta.float().numpy(),
+            "labels": labels.numpy(),
+            "logits": ev["logits"].float().cpu().numpy(),
+        }
         return fields, arrays
 
     def _finish(self, ev: dict, ev_val: dict | None, history: list[dict], seconds: float) -> dict:
@@ -276,9 +331,14 @@ class Run:
         if self.config.z_dim == 2:
             arrays["features2d"] = ev["z"].float().cpu().numpy()
         summary = {
-            "dataset": self.config.dataset, "loss": self.config.loss, "seed": self.config.seed,
-            "classes": self.data.classes, "important": list(self.config.important),
-            "config": self.config.to_json(), **test, "test_loss": ev["loss"],
+            "dataset": self.config.dataset,
+            "loss": self.config.loss,
+            "seed": self.config.seed,
+            "classes": self.data.classes,
+            "important": list(self.config.important),
+            "config": self.config.to_json(),
+            **test,
+            "test_loss": ev["loss"],
         }
         if ev_val is not None:
             validation, val_arrays = self._split_summary(ev_val)
@@ -312,13 +372,20 @@ class Run:
         ev = ev_val = None
         for epoch in range(len(history) + 1, c.epochs + 1):
             start = time.perf_counter()
-            bar = None if self.quiet else tqdm(total=steps, desc=f"epoch {epoch}/{c.epochs}", leave=False,
-                                               file=sys.stderr, dynamic_ncols=True)
+            bar = (
+                None
+                if self.quiet
+                else tqdm(
+                    total=steps, desc=f"epoch {epoch}/{c.epochs}", leave=False, file=sys.stderr, dynamic_ncols=True
+                )
+            )
             try:
                 result = self.train_epoch(model, optimizer, epoch, bar)
             except NonFiniteLossError as error:
-                raise NonFiniteLossError(f"{error} The checkpoint of epoch {epoch - 1} in {self.out} is intact. "
-                                         "Try a lower --lr or --scale, or --amp off.") from None
+                raise NonFiniteLossError(
+                    f"{error} The checkpoint of epoch {epoch - 1} in {self.out} is intact. "
+                    "Try a lower --lr or --scale, or --amp off."
+                ) from None
             finally:
                 if bar is not None:
                     bar.close()
@@ -328,17 +395,31 @@ class Run:
             ev_val = self.evaluate(model, "val")
             row = self._epoch_row(epoch, result.loss, result.accuracy, ev, ev_val, time.perf_counter() - start)
             history.append(row)
-            atomic_write(checkpoint_path, lambda f: torch.save({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                "rng": _rng_state(self.device), "history": history, "config": c.identity()}, f))
+            atomic_write(
+                checkpoint_path,
+                lambda f: torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch,
+                        "rng": _rng_state(self.device),
+                        "history": history,
+                        "config": c.identity(),
+                    },
+                    f,
+                ),
+            )
             self._write_metrics(history)
             # The rates are what benchmarks/throughput.py reads back to check its own loop figures (EPOCH_RATES).
-            self._log(f"epoch {epoch}/{c.epochs}  loss {result.loss:.4f}  train acc {result.accuracy:.4f}  "
-                      f"test acc {row['test_accuracy']:.4f}"
-                      + "".join(f"  recall[{self.data.classes[i]}] {row[f'recall_{self.data.classes[i]}']:.4f}"
-                                for i in c.important)
-                      + f"  ({row['seconds']:.1f} s; training {result.images} images at {result.images_per_s:.1f} "
-                        f"img/s, evaluation {ev['images']} at {ev['images'] / max(eval_s, 1e-9):.1f} img/s)")
+            self._log(
+                f"epoch {epoch}/{c.epochs}  loss {result.loss:.4f}  train acc {result.accuracy:.4f}  "
+                f"test acc {row['test_accuracy']:.4f}"
+                + "".join(
+                    f"  recall[{self.data.classes[i]}] {row[f'recall_{self.data.classes[i]}']:.4f}" for i in c.important
+                )
+                + f"  ({row['seconds']:.1f} s; training {result.images} images at {result.images_per_s:.1f} "
+                f"img/s, evaluation {ev['images']} at {ev['images'] / max(eval_s, 1e-9):.1f} img/s)"
+            )
         if ev is None:  # every epoch was done before a crash between the last checkpoint and summary.json
             ev, ev_val = self.evaluate(model), self.evaluate(model, "val")
         return self._finish(ev, ev_val, history, sum(r["seconds"] for r in history))
@@ -370,8 +451,9 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def train(config: TrainConfig, out_dir: str | Path, *, quiet: bool = False,
-          dataset: camri_data.DataSet | None = None) -> dict:
+def train(
+    config: TrainConfig, out_dir: str | Path, *, quiet: bool = False, dataset: camri_data.DataSet | None = None
+) -> dict:
     """Train one run (resuming or skipping as needed) and return its summary (docs/run-format.md)."""
     return Run(config, out_dir, quiet=quiet, dataset=dataset).execute()
 
@@ -382,14 +464,20 @@ def _train_command(args: argparse.Namespace) -> int:
     classes = summary["classes"]
     print(f"{args.out}: test accuracy {summary['accuracy']:.4f}")
     for c in summary["important"]:
-        print(f"  recall of important class {c} ({classes[c]}): {summary['recall'][c]:.4f}   "
-              f"relative angle variance {summary['relative_angle_variance'][str(c)]:.3f}")
+        print(
+            f"  recall of important class {c} ({classes[c]}): {summary['recall'][c]:.4f}   "
+            f"relative angle variance {summary['relative_angle_variance'][str(c)]:.3f}"
+        )
     return 0
 
 
 def add_cli(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train one model with one loss on one data set",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "train",
+        help="train one model with one loss on one data set",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)  # one option per TrainConfig field
     parser.add_argument("--out", required=True, help="run directory (resumed or skipped if it exists)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")

@@ -16,8 +16,10 @@ import pytest
 
 #: Where scripts/slurm-local.sh keeps its cluster (the same default and variable as the script).
 SLURM_DIR = Path(os.environ.get("CAMRI_SLURM_DIR", "/var/lib/camri-slurm"))
-ENABLE = ("start the one-node cluster with `sudo scripts/slurm-local.sh up` (`make test` does that itself "
-          "when run as root, unless CAMRI_SLURM=0); docs/scale-out.md")
+ENABLE = (
+    "start the one-node cluster with `sudo scripts/slurm-local.sh up` (`make test` does that itself "
+    "when run as root, unless CAMRI_SLURM=0); docs/scale-out.md"
+)
 
 
 def _in_ci() -> bool:
@@ -36,8 +38,9 @@ def slurm_cluster():
         pytest.skip(f"SLURM's commands are not installed ({', '.join(missing)}): {ENABLE}")
     env = dict(os.environ, SLURM_CONF=str(conf))
     try:
-        state = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True,
-                               timeout=20).stdout.split()
+        state = subprocess.run(
+            ["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=20
+        ).stdout.split()
     except subprocess.TimeoutExpired:
         state = []
     if not any(s in ("idle", "mixed", "allocated", "completing") for s in state):

@@ -8,10 +8,18 @@ from camri import claims
 
 def setting(method, recalls, accuracies, *, qualified=True, angles=None, hyper=""):
     seeds = tuple(range(len(recalls)))
-    return {"selection": "maintaining", "method": method, "hyperparameters": hyper, "seeds": seeds,
-            "recalls": tuple(recalls), "accuracies": tuple(accuracies), "qualified": qualified,
-            "recall_mean": sum(recalls) / len(recalls), "accuracy_mean": sum(accuracies) / len(accuracies),
-            "angle_variances": tuple(angles or [1.0] * len(recalls))}
+    return {
+        "selection": "maintaining",
+        "method": method,
+        "hyperparameters": hyper,
+        "seeds": seeds,
+        "recalls": tuple(recalls),
+        "accuracies": tuple(accuracies),
+        "qualified": qualified,
+        "recall_mean": sum(recalls) / len(recalls),
+        "accuracy_mean": sum(accuracies) / len(accuracies),
+        "angle_variances": tuple(angles or [1.0] * len(recalls)),
+    }
 
 
 def cell(role, class_name, rows):
@@ -25,33 +33,62 @@ ACC = [0.80, 0.81, 0.82]
 def selections():
     # worst1 (cat): CAMRI clearly above CE (differences 0.10, 0.12, 0.11) and with lower angle variance;
     # ArcFace has no setting that maintains accuracy; WCE is clearly above CAMRI (a failure of "versus").
-    worst1 = cell("worst1", "cat", [
-        setting("CAMRI", [0.6, 0.62, 0.61], ACC, angles=[0.5, 0.55, 0.52], hyper="m=2π/64, s=16"),
-        setting("CE", [0.5, 0.5, 0.5], ACC, angles=[1.0, 1.1, 1.05]),
-        setting("ArcFace", [0.9, 0.9, 0.9], [0.5, 0.5, 0.5], qualified=False),
-        setting("WCE", [0.8, 0.81, 0.83], ACC, hyper="w=2"),
-    ])
+    worst1 = cell(
+        "worst1",
+        "cat",
+        [
+            setting("CAMRI", [0.6, 0.62, 0.61], ACC, angles=[0.5, 0.55, 0.52], hyper="m=2π/64, s=16"),
+            setting("CE", [0.5, 0.5, 0.5], ACC, angles=[1.0, 1.1, 1.05]),
+            setting("ArcFace", [0.9, 0.9, 0.9], [0.5, 0.5, 0.5], qualified=False),
+            setting("WCE", [0.8, 0.81, 0.83], ACC, hyper="w=2"),
+        ],
+    )
     # worst2 (dog): CAMRI's accuracy is not maintained by any setting: "recall" does not hold.
-    worst2 = cell("worst2", "dog", [
-        setting("CAMRI", [0.9, 0.9, 0.9], [0.6, 0.6, 0.6], qualified=False),
-        setting("CE", [0.6, 0.6, 0.6], ACC),
-    ])
+    worst2 = cell(
+        "worst2",
+        "dog",
+        [
+            setting("CAMRI", [0.9, 0.9, 0.9], [0.6, 0.6, 0.6], qualified=False),
+            setting("CE", [0.6, 0.6, 0.6], ACC),
+        ],
+    )
     # median (airplane): CAMRI and CE within noise: "not shown".
-    median = cell("median", "airplane", [
-        setting("CAMRI", [0.70, 0.80, 0.75], ACC),
-        setting("CE", [0.75, 0.74, 0.76], ACC),
-    ])
+    median = cell(
+        "median",
+        "airplane",
+        [
+            setting("CAMRI", [0.70, 0.80, 0.75], ACC),
+            setting("CE", [0.75, 0.74, 0.76], ACC),
+        ],
+    )
     return pd.DataFrame(worst1 + worst2 + median)
 
 
 @pytest.fixture
 def important():
-    return {"CIFAR-10": pd.DataFrame([
-        {"role": "worst1", "class_name": "dog", "recall_mean": 0.41, "n_seeds": 3, "paper_class": "cat",
-         "next_class_name": "cat", "next_recall_mean": 0.44},
-        {"role": "worst2", "class_name": "cat", "recall_mean": 0.44, "n_seeds": 3, "paper_class": "dog"},
-        {"role": "median", "class_name": "airplane", "recall_mean": 0.7, "n_seeds": 3, "paper_class": "airplane"},
-    ])}
+    return {
+        "CIFAR-10": pd.DataFrame(
+            [
+                {
+                    "role": "worst1",
+                    "class_name": "dog",
+                    "recall_mean": 0.41,
+                    "n_seeds": 3,
+                    "paper_class": "cat",
+                    "next_class_name": "cat",
+                    "next_recall_mean": 0.44,
+                },
+                {"role": "worst2", "class_name": "cat", "recall_mean": 0.44, "n_seeds": 3, "paper_class": "dog"},
+                {
+                    "role": "median",
+                    "class_name": "airplane",
+                    "recall_mean": 0.7,
+                    "n_seeds": 3,
+                    "paper_class": "airplane",
+                },
+            ]
+        )
+    }
 
 
 def verdict(table, claim, role="", versus=None):
@@ -64,16 +101,16 @@ def verdict(table, claim, role="", versus=None):
 
 def test_verdicts_on_constructed_cells(selections, important):
     table = claims.check_claims(selections, important)
-    assert verdict(table, "important", "worst1") == claims.FAILS        # dog chosen, the paper's is cat
+    assert verdict(table, "important", "worst1") == claims.FAILS  # dog chosen, the paper's is cat
     assert verdict(table, "important", "median") == claims.HOLDS
     assert verdict(table, "recall", "worst1") == claims.HOLDS
-    assert verdict(table, "recall", "worst2") == claims.FAILS           # no CAMRI setting maintained accuracy
+    assert verdict(table, "recall", "worst2") == claims.FAILS  # no CAMRI setting maintained accuracy
     assert verdict(table, "recall", "median") == claims.NOT_SHOWN
     assert verdict(table, "versus", "worst1", "ArcFace") == claims.HOLDS  # ArcFace: the paper's empty cell
     assert verdict(table, "versus", "worst1", "WCE") == claims.FAILS
     assert verdict(table, "versus", "worst1", "CRWWCE") == claims.UNCHECKABLE
     assert verdict(table, "angles", "worst1") == claims.HOLDS
-    assert verdict(table, "angles", "median") == claims.NOT_SHOWN        # equal variances: no interval
+    assert verdict(table, "angles", "median") == claims.NOT_SHOWN  # equal variances: no interval
     # best: worst1 → WCE; worst2 → CE (CAMRI not qualified); median: CAMRI and CE both 0.75, a tie counts
     # for CAMRI → 1 of 3.
     best = table[(table["claim"] == "best") & (table["versus"] == "")].iloc[0]
@@ -83,14 +120,15 @@ def test_verdicts_on_constructed_cells(selections, important):
 
 def test_markdown_and_quotes(selections, important, tmp_path):
     table = claims.check_claims(selections, important)
-    path = claims.write_claims(table, tmp_path / "results" / "p", title="CIFAR-10 at CPU scale",
-                               context=["selection on the validation split"])
+    path = claims.write_claims(
+        table, tmp_path / "results" / "p", title="CIFAR-10 at CPU scale", context=["selection on the validation split"]
+    )
     text = path.read_text()
     assert "**does not hold**" in text and "**holds**" in text and "**not shown**" in text
     assert "- **recall** (" in text and "holds in 1, does not hold in 1, not shown in 1 of 3 cells" in text
     document = "Intro\n<!-- claims: results/p/claims.md -->\nstale text\n<!-- /claims -->\nEnd\n"
     quoted = claims.quote_claims(document, tmp_path)
     assert "stale text" not in quoted and "- **recall**" in quoted and quoted.endswith("<!-- /claims -->\nEnd\n")
-    assert claims.quote_claims(quoted, tmp_path) == quoted   # idempotent
+    assert claims.quote_claims(quoted, tmp_path) == quoted  # idempotent
     with pytest.raises(FileNotFoundError, match="camri reproduce"):
         claims.quote_claims("<!-- claims: results/none/claims.md -->\n<!-- /claims -->", tmp_path)

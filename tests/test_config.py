@@ -30,17 +30,20 @@ def test_margin_is_always_a_tuple_of_radians(margin):
     assert config.to_json()["margin"] == [pytest.approx(math.pi / 16)]  # config.json keeps a list
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"margin": None}, r"margin: margin must be a number"),
-    ({"margin": 4}, r"margin: Input should be less than 3.14"),
-    ({"epochs": True}, r"epochs: Input should be a valid integer"),
-    ({"scale": 0}, r"scale: Input should be greater than 0"),
-    ({"lr": float("nan")}, r"lr: Input should be a finite number"),
-    ({"loss": "focal"}, r"loss: Input should be 'ce', 'wce'"),
-    ({"colour": 1}, r"colour: unknown key; allowed are dataset, loss"),
-    ({"loss": "camri"}, r"needs at least one important class"),
-    ({"loss": "camri", "important": [3, 5], "margin": [0.1, 0.2, 0.3]}, r"margin has 3 values"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"margin": None}, r"margin: margin must be a number"),
+        ({"margin": 4}, r"margin: Input should be less than 3.14"),
+        ({"epochs": True}, r"epochs: Input should be a valid integer"),
+        ({"scale": 0}, r"scale: Input should be greater than 0"),
+        ({"lr": float("nan")}, r"lr: Input should be a finite number"),
+        ({"loss": "focal"}, r"loss: Input should be 'ce', 'wce'"),
+        ({"colour": 1}, r"colour: unknown key; allowed are dataset, loss"),
+        ({"loss": "camri"}, r"needs at least one important class"),
+        ({"loss": "camri", "important": [3, 5], "margin": [0.1, 0.2, 0.3]}, r"margin has 3 values"),
+    ],
+)
 def test_bad_values_name_the_field(values, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig.parse(values)
@@ -51,8 +54,9 @@ def test_command_line_has_one_option_per_field():
     add_arguments(parser)
     options = {a.dest for a in parser._actions if a.dest != "help"}
     assert options == set(TrainConfig.model_fields)
-    args = parser.parse_args(["--loss", "camri", "--important", "3", "cat", "--margin", "4pi/64", "0.1",
-                              "--augment", "--z-dim", "2"])
+    args = parser.parse_args(
+        ["--loss", "camri", "--important", "3", "cat", "--margin", "4pi/64", "0.1", "--augment", "--z-dim", "2"]
+    )
     config = from_args(args)
     assert (config.loss, config.important, config.augment, config.z_dim) == ("camri", ("3", "cat"), True, 2)
     assert config.margin == (pytest.approx(math.pi / 16), 0.1)

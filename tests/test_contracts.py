@@ -24,28 +24,54 @@ def write_ce_runs(root: Path, recalls_by_seed: list[list[float]]) -> None:
     for seed, recall in enumerate(recalls_by_seed):
         directory = root / f"ce/s{seed}"
         directory.mkdir(parents=True)
-        config = {"dataset": "cifar10", "loss": "ce", "important": [], "margin": [0.2], "scale": 16.0,
-                  "weight": 2.0, "fp_weight": 1.0, "epochs": 3, "seed": seed}
-        (directory / "summary.json").write_text(json.dumps({
-            "dataset": "cifar10", "loss": "ce", "seed": seed, "classes": [f"c{i}" for i in range(k)],
-            "important": [], "config": config, "accuracy": 0.8, "recall": recall}))
+        config = {
+            "dataset": "cifar10",
+            "loss": "ce",
+            "important": [],
+            "margin": [0.2],
+            "scale": 16.0,
+            "weight": 2.0,
+            "fp_weight": 1.0,
+            "epochs": 3,
+            "seed": seed,
+        }
+        (directory / "summary.json").write_text(
+            json.dumps(
+                {
+                    "dataset": "cifar10",
+                    "loss": "ce",
+                    "seed": seed,
+                    "classes": [f"c{i}" for i in range(k)],
+                    "important": [],
+                    "config": config,
+                    "accuracy": 0.8,
+                    "recall": recall,
+                }
+            )
+        )
 
 
 @pytest.mark.parametrize("k", [1, 2])
 def test_fewer_than_three_classes_is_an_error(tmp_path, k):
     write_ce_runs(tmp_path, [[0.5 + 0.1 * i for i in range(k)]] * 2)
     runs = protocol.load_runs(tmp_path)
-    with pytest.raises(ValueError, match=rf"data set 'cifar10' has {k} classes; worst1, worst2 and median need "
-                                         "at least 3"):
+    with pytest.raises(
+        ValueError,
+        match=rf"data set 'cifar10' has {k} classes; worst1, worst2 and median need "
+        "at least 3",
+    ):
         protocol.choose_important(runs, "cifar10", split="test")
     with pytest.raises(ValueError, match="need at least 3"):
         protocol.select_all(runs, split="test")
 
 
-@pytest.mark.parametrize("recall, order", [
-    ([0.9, 0.4, 0.7], [1, 2, 0]),  # K = 3: positions 0, 1 and (3 - 1) // 2 = 1
-    ([0.9, 0.4, 0.7, 0.6], [1, 3, 2, 0]),  # K = 4: positions 0, 1 and (4 - 1) // 2 = 1
-])
+@pytest.mark.parametrize(
+    "recall, order",
+    [
+        ([0.9, 0.4, 0.7], [1, 2, 0]),  # K = 3: positions 0, 1 and (3 - 1) // 2 = 1
+        ([0.9, 0.4, 0.7, 0.6], [1, 3, 2, 0]),  # K = 4: positions 0, 1 and (4 - 1) // 2 = 1
+    ],
+)
 def test_with_at_most_four_classes_the_median_is_worst2(tmp_path, recall, order):
     write_ce_runs(tmp_path, [recall, recall])
     runs = protocol.load_runs(tmp_path)
@@ -136,8 +162,9 @@ def test_training_settings_reach_the_layers(tmp_path):
     config = TrainConfig(dataset="digits", loss="ce", width=0.25, z_dim=8, bn_momentum=0.23, device="cpu")
     model, _ = Run(config, tmp_path, quiet=True, dataset=camri_data.load("digits")).build_model()
     layers = model_layers(model.backbone, 0.23)  # asserts eps 1e-3 and momentum 0.23 on every BatchNorm
-    expected = [(kind, round(v * 0.25) if kind == "conv" else 8 if kind == "dense" else v)
-                for kind, v in setup_layers()]
+    expected = [
+        (kind, round(v * 0.25) if kind == "conv" else 8 if kind == "dense" else v) for kind, v in setup_layers()
+    ]
     assert layers == expected
     assert model.backbone.features[0].in_channels == 1  # digits is grey
 
@@ -190,8 +217,9 @@ def test_figures_never_trains_when_method_or_fig3_runs_are_missing(tmp_path, mon
     before = files_below(results)
     status, out = camri("figures", *common)
     assert status == 1
-    assert ("1 of 1 runs of the methods stage of profile 'nofig' are not finished "
-            "(e.g. digits/camri/c3_m4pi64_s8/seed0)") in out
+    assert (
+        "1 of 1 runs of the methods stage of profile 'nofig' are not finished (e.g. digits/camri/c3_m4pi64_s8/seed0)"
+    ) in out
     assert f"camri reproduce --profile {profile}" in out
     assert files_below(results) == before  # nothing trained, nothing written
 
@@ -199,7 +227,8 @@ def test_figures_never_trains_when_method_or_fig3_runs_are_missing(tmp_path, mon
     before = files_below(results)
     status, out = camri("figures", *common)
     assert status == 1
-    assert re.search(r"2 of 2 Fig\. 3 runs of profile 'nofig' are not finished \(e\.g\. fig3/\w+/ce/default/seed0\)",
-                     out)
+    assert re.search(
+        r"2 of 2 Fig\. 3 runs of profile 'nofig' are not finished \(e\.g\. fig3/\w+/ce/default/seed0\)", out
+    )
     assert files_below(results) == before
     assert not (results / "nofig" / "fig3").exists() and not (results / "nofig" / "notebooks").exists()

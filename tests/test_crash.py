@@ -28,14 +28,44 @@ from camri.train import CheckpointError, TrainConfig, train
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 2
 # The same run as `camri train` arguments and as a TrainConfig.
-ARGS = ["--dataset", "digits", "--loss", "camri", "--important", "3", "--margin", "0.2", "--scale", "8",
-        "--epochs", str(EPOCHS), "--width", "0.125", "--z-dim", "16", "--bn-momentum", "0.1", "--device", "cpu",
-        "--quiet"]
+ARGS = [
+    "--dataset",
+    "digits",
+    "--loss",
+    "camri",
+    "--important",
+    "3",
+    "--margin",
+    "0.2",
+    "--scale",
+    "8",
+    "--epochs",
+    str(EPOCHS),
+    "--width",
+    "0.125",
+    "--z-dim",
+    "16",
+    "--bn-momentum",
+    "0.1",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 def tiny() -> TrainConfig:
-    return TrainConfig(dataset="digits", loss="camri", important=[3], margin=[0.2], scale=8.0, epochs=EPOCHS,
-                       width=0.125, z_dim=16, bn_momentum=0.1, device="cpu")
+    return TrainConfig(
+        dataset="digits",
+        loss="camri",
+        important=[3],
+        margin=[0.2],
+        scale=8.0,
+        epochs=EPOCHS,
+        width=0.125,
+        z_dim=16,
+        bn_momentum=0.1,
+        device="cpu",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +124,7 @@ def same_run(a: Path, b: Path) -> None:
     assert summary(a) == summary(b)
 
 
-def test_half_written_checkpoint_in_epoch_2_keeps_epoch_1_and_resumes_exactly(digits, straight, tmp_path,
-                                                                                monkeypatch):
+def test_half_written_checkpoint_in_epoch_2_keeps_epoch_1_and_resumes_exactly(digits, straight, tmp_path, monkeypatch):
     real_save = torch.save
     calls = {"n": 0}
 
@@ -105,7 +134,7 @@ def test_half_written_checkpoint_in_epoch_2_keeps_epoch_1_and_resumes_exactly(di
             return real_save(obj, f, *args, **kwargs)
         buffer = io.BytesIO()
         real_save(obj, buffer, *args, **kwargs)
-        f.write(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+        f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", half_then_disk_full)
@@ -149,8 +178,12 @@ def test_sigkill_in_the_middle_of_an_epoch_resumes_to_the_uninterrupted_run(digi
     steps = math.ceil(len(digits.y_train) / 64)
     killed = tmp_path / "killed"
     kill_at = steps + steps // 2  # half way through epoch 2
-    proc = subprocess.run([sys.executable, "-c", KILL_AT_STEP, str(kill_at), "train", *ARGS, "--out", str(killed)],
-                          env=env, cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AT_STEP, str(kill_at), "train", *ARGS, "--out", str(killed)],
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == -9
     assert torch.load(killed / "checkpoint.pt", weights_only=False)["epoch"] == 1
     assert [int(r["epoch"]) for r in rows(killed)] == [1] and not (killed / "summary.json").exists()
@@ -182,8 +215,12 @@ def test_a_failing_angles_write_leaves_no_summary_and_the_run_resumes(digits, st
 def test_the_files_of_a_run_are_written_in_order(straight_run):
     # config.json first; per epoch the checkpoint, then metrics.csv (which may lag it by one epoch, never
     # lead it); angles.npz; summary.json last.
-    assert straight_run.written == ["config.json", *["checkpoint.pt", "metrics.csv"] * EPOCHS, "angles.npz",
-                                    "summary.json"]
+    assert straight_run.written == [
+        "config.json",
+        *["checkpoint.pt", "metrics.csv"] * EPOCHS,
+        "angles.npz",
+        "summary.json",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -197,16 +234,21 @@ def unfinished(straight, tmp_path_factory):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
-def test_a_damaged_checkpoint_is_a_clear_error_naming_the_file_and_the_fix(digits, unfinished, straight, tmp_path,
-                                                                          capsys, damage):
+def test_a_damaged_checkpoint_is_a_clear_error_naming_the_file_and_the_fix(
+    digits, unfinished, straight, tmp_path, capsys, damage
+):
     out = tmp_path / "run"
     shutil.copytree(unfinished, out)
     path = out / "checkpoint.pt"
     content = path.read_bytes()
-    path.write_bytes({"truncated": content[:len(content) // 2], "empty": b"",
-                      "garbage": b"not a checkpoint" * 64}[damage])
-    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))} cannot be read: it is truncated or "
-                                              r"corrupt \(.*\)\. Delete it and run the same command again"):
+    path.write_bytes(
+        {"truncated": content[: len(content) // 2], "empty": b"", "garbage": b"not a checkpoint" * 64}[damage]
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=rf"^{re.escape(str(path))} cannot be read: it is truncated or "
+        r"corrupt \(.*\)\. Delete it and run the same command again",
+    ):
         train(tiny(), out, quiet=True, dataset=digits)
     # On the command line: one line naming the file and the fix, exit status 2, no traceback.
     assert main(["train", *ARGS, "--out", str(out)]) == 2

@@ -71,6 +71,7 @@ LAYOUT = {"train": {"cat": 3, "dog": 2}, "test": {"cat": 2, "dog": 1}}
 
 # ---- digits, cache ---------------------------------------------------------------------------------------
 
+
 def test_digits_split_and_scaling(tmp_path):
     ds = data.load("digits", data_dir=tmp_path)
     assert ds.x_train.shape == (1347, 1, 8, 8) and ds.x_test.shape == (450, 1, 8, 8)
@@ -82,6 +83,7 @@ def test_digits_split_and_scaling(tmp_path):
     assert torch.all((torch.bincount(ds.y_test, minlength=10) - 0.25 * total).abs() <= 1)
 
     from sklearn.datasets import load_digits
+
     raw = load_digits()
     first = int(np.flatnonzero(raw.target == int(ds.y_train[0]))[0])
     assert np.array_equal(ds.x_train[0, 0].numpy(), np.rint(raw.images[first] * 255 / 16).astype(np.uint8))
@@ -133,6 +135,7 @@ def test_unknown_name(tmp_path):
 
 
 # ---- imagefolder -------------------------------------------------------------------------------------------
+
 
 def test_imagefolder_folder_and_zip_read_the_same_pixels(tmp_path):
     images = make_folder(tmp_path / "set", LAYOUT)
@@ -210,8 +213,9 @@ def test_truncated_zip(tmp_path):
     archive = zip_folder(tmp_path / "set", tmp_path / "set.zip")
     archive.write_bytes(archive.read_bytes()[:-60])  # cut into the central directory
     expect_error(tmp_path, archive, "set.zip", "zip")
-    with pytest.raises(DataError,
-                       match=r"set\.zip: not a zip archive \(corrupt or truncated\?\)\. Copy or download it again"):
+    with pytest.raises(
+        DataError, match=r"set\.zip: not a zip archive \(corrupt or truncated\?\)\. Copy or download it again"
+    ):
         data.check_available(f"imagefolder:{archive}", data_dir=tmp_path / "d")
 
 
@@ -267,6 +271,7 @@ def test_file_outside_class_folders(tmp_path):
 
 
 # ---- AwA2, torchvision layouts, availability ------------------------------------------------------------
+
 
 def test_awa2_absent(tmp_path):
     started = time.monotonic()
@@ -327,7 +332,8 @@ def test_gtsrb_laid_out_by_hand_is_resized(tmp_path):
     (base / "GTSRB" / "Final_Test" / "Images").mkdir(parents=True)
     pixels(8, size=(40, 41)).save(base / "GTSRB" / "Final_Test" / "Images" / "00000.ppm")
     (base / "GT-final_test.csv").write_text(
-        "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n00000.ppm;40;41;5;5;35;36;1\n")
+        "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n00000.ppm;40;41;5;5;35;36;1\n"
+    )
     ds = data.load("gtsrb", data_dir=tmp_path, download=False, image_size=8)
     assert ds.image_shape == (3, 8, 8) and ds.y_train.tolist() == [0, 0, 1, 1] and ds.y_test.tolist() == [1]
     assert ds.num_classes == 43 and ds.classes[14] == "Stop"
@@ -374,6 +380,7 @@ def test_describe(tmp_path):
 
 # ---- preprocessing ---------------------------------------------------------------------------------------
 
+
 def test_to_float():
     x = torch.tensor([[0, 51, 255]], dtype=torch.uint8)
     y = data.to_float(x)
@@ -394,7 +401,7 @@ def test_augment_batch_crops_and_flips_like_a_loop():
     flips = torch.rand(16, generator=g) < 0.5
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     for i in range(16):
-        crop = padded[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8]
+        crop = padded[i, :, dy[i] : dy[i] + 8, dx[i] : dx[i] + 8]
         assert torch.equal(out[i], crop.flip(-1) if flips[i] else crop)
 
 
@@ -411,6 +418,7 @@ def test_augment_batch_options():
 
 
 # ---- command line ---------------------------------------------------------------------------------------
+
 
 def run_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="camri")

@@ -17,7 +17,8 @@ def test_quoted_claims_agree_with_their_files(document):
     text = document.read_text(encoding="utf-8")
     assert claims.quote_claims(text, REPO) == text, (
         f"{document.name} quotes a claims.md that has changed: run `python -m camri.claims --quote "
-        f"{document.relative_to(REPO)}`")
+        f"{document.relative_to(REPO)}`"
+    )
 
 
 def test_the_readme_quotes_a_claims_file():

@@ -24,12 +24,16 @@ def shown(explorer) -> str:
 
 # ---- Fig. 2 ------------------------------------------------------------------------------------------
 
+
 def test_the_sliders_redraw_the_figure_of_their_values():
     explorer = explore.LossExplorer(8 * PI64, 4.0, resolution=21)
     assert explorer.margin_units.value == pytest.approx(8) and explorer.scale.value == 4.0
     assert explorer.figure._suptitle.get_text() == "m = 8π/64 rad, s = 4"
     assert [ax.get_title() for ax in explorer.figure.axes if ax.get_title()] == [
-        "L2-softmax (target class 1)", "ArcFace (target class 1)", "CAMRI (target class 1)"]
+        "L2-softmax (target class 1)",
+        "ArcFace (target class 1)",
+        "CAMRI (target class 1)",
+    ]
     initial = shown(explorer)
     expected = explore.display_data(explore.loss_contours_figure(8 * PI64, 4.0, resolution=21))
     assert initial == expected["data"]["image/png"]
@@ -51,6 +55,7 @@ def test_the_sliders_refuse_a_start_outside_their_range():
 
 
 # ---- the angle chooser --------------------------------------------------------------------------------
+
 
 def recall(c, value, rest=0.5):
     values = [rest] * K
@@ -74,31 +79,41 @@ def runs(tmp_path):
     spreads = {}
     for seed in (0, 1):
         for name, loss, kwargs, r, accuracy in [
-                ("ce", "ce", {}, recall(1, 0.3, 0.8), 0.8),
-                ("arcface", "arcface", {}, recall(1, 0.4, 0.8), 0.8),
-                ("camri_k4", "camri", {"important": [1], "k": 4}, recall(1, 0.6, 0.8), 0.81),
-                ("camri_k8", "camri", {"important": [1], "k": 8}, recall(1, 0.9, 0.8), 0.6),
-                ("camri_c2", "camri", {"important": [2], "k": 4}, recall(2, 0.9, 0.8), 0.8)]:
-            directory = write_run(root, f"{name}/s{seed}", loss=loss, seed=seed, recall=r, accuracy=accuracy,
-                                  dataset="digits", **kwargs)
+            ("ce", "ce", {}, recall(1, 0.3, 0.8), 0.8),
+            ("arcface", "arcface", {}, recall(1, 0.4, 0.8), 0.8),
+            ("camri_k4", "camri", {"important": [1], "k": 4}, recall(1, 0.6, 0.8), 0.81),
+            ("camri_k8", "camri", {"important": [1], "k": 8}, recall(1, 0.9, 0.8), 0.6),
+            ("camri_c2", "camri", {"important": [2], "k": 4}, recall(2, 0.9, 0.8), 0.8),
+        ]:
+            directory = write_run(
+                root, f"{name}/s{seed}", loss=loss, seed=seed, recall=r, accuracy=accuracy, dataset="digits", **kwargs
+            )
             spreads[(name, seed)] = 1 + len(spreads)
             write_angles(directory, spreads[(name, seed)])
     frame = protocol.load_runs(root)
     selections = protocol.select_all(frame, roles=["worst1"])
-    return SimpleNamespace(frame=frame, selections=selections, choices=explore.angle_runs(frame, selections),
-                           spreads=spreads)
+    return SimpleNamespace(
+        frame=frame, selections=selections, choices=explore.angle_runs(frame, selections), spreads=spreads
+    )
 
 
 def test_angle_runs_lists_each_important_class_runs_one_row_per_seed(runs):
     choices = runs.choices
     assert set(choices["cell"]) == {"digits worst1: c1"}
     settings = choices.groupby(["method", "setting"], sort=False)["seed"].apply(list)
-    assert settings.to_dict() == {("CAMRI", "m=4π/64, s=16"): [0, 1], ("CAMRI", "m=8π/64, s=16"): [0, 1],
-                                  ("ArcFace", "m=4π/64, s=16"): [0, 1], ("CE", "default"): [0, 1]}
+    assert settings.to_dict() == {
+        ("CAMRI", "m=4π/64, s=16"): [0, 1],
+        ("CAMRI", "m=8π/64, s=16"): [0, 1],
+        ("ArcFace", "m=4π/64, s=16"): [0, 1],
+        ("CE", "default"): [0, 1],
+    }
     # The "maintaining" choices: CAMRI k=4 (k=8 loses accuracy), ArcFace's and CE's only settings.
     chosen = choices[choices["chosen"]].drop_duplicates(["method", "setting"])
     assert list(zip(chosen["method"], chosen["setting"])) == [
-        ("CAMRI", "m=4π/64, s=16"), ("ArcFace", "m=4π/64, s=16"), ("CE", "default")]
+        ("CAMRI", "m=4π/64, s=16"),
+        ("ArcFace", "m=4π/64, s=16"),
+        ("CE", "default"),
+    ]
     only_ce = explore.angle_runs(runs.frame, runs.selections, methods=["CE"])
     assert list(only_ce["method"]) == ["CE", "CE"]
 
@@ -107,8 +122,12 @@ def test_narrow_resolves_level_by_level(runs):
     choices = runs.choices
     run, options = explore.narrow(choices, method="CAMRI")
     assert (run["method"], run["setting"], run["seed"]) == ("CAMRI", "m=4π/64, s=16", 0)  # the chosen setting
-    assert options == {"cell": ["digits worst1: c1"], "method": ["CAMRI", "ArcFace", "CE"],
-                       "setting": ["m=4π/64, s=16", "m=8π/64, s=16"], "seed": [0, 1]}
+    assert options == {
+        "cell": ["digits worst1: c1"],
+        "method": ["CAMRI", "ArcFace", "CE"],
+        "setting": ["m=4π/64, s=16", "m=8π/64, s=16"],
+        "seed": [0, 1],
+    }
     run, _ = explore.narrow(choices, method="CAMRI", setting="m=8π/64, s=16", seed=1)
     assert (run["setting"], run["seed"]) == ("m=8π/64, s=16", 1)
     # A setting the new method does not have gives way to that method's default; the seed is kept.
@@ -128,7 +147,7 @@ def test_the_chooser_shows_the_chosen_runs_own_angles(runs):
     assert explorer.figure._suptitle.get_text() == "digits worst1: c1 · CAMRI m=4π/64, s=16 · seed 0"
 
     def relative_variance(spread):  # var(θ | c1) / mean var(θ | other classes): linspace offsets scale
-        return spread ** 2 / 10 ** 2
+        return spread**2 / 10**2
 
     def shown():
         return explorer.figure.axes[0].get_title()

@@ -30,10 +30,18 @@ def one_thread(monkeypatch):
 
 
 def profile(**overrides) -> profiles.Profile:
-    raw = {"name": "tiny", "datasets": ["digits"], "seeds": [0], "train": dict(TINY_TRAIN),
-           "important": {"classes": {"digits": [3]}},
-           "methods": {"ce": {}, "arcface": {"margin": [0.2], "scale": [8]},
-                       "camri": {"margin": ["4pi/64"], "scale": [8]}}}
+    raw = {
+        "name": "tiny",
+        "datasets": ["digits"],
+        "seeds": [0],
+        "train": dict(TINY_TRAIN),
+        "important": {"classes": {"digits": [3]}},
+        "methods": {
+            "ce": {},
+            "arcface": {"margin": [0.2], "scale": [8]},
+            "camri": {"margin": ["4pi/64"], "scale": [8]},
+        },
+    }
     raw.update(overrides)
     return profiles.parse_profile(raw, "test")
 
@@ -41,26 +49,43 @@ def profile(**overrides) -> profiles.Profile:
 def write_summary(spec: sweep.RunSpec, recall: list[float], accuracy: float) -> None:
     """A finished run without training: what protocol.load_runs reads."""
     spec.out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"dataset": spec.config.dataset, "loss": spec.config.loss, "seed": spec.config.seed,
-               "classes": [str(i) for i in range(len(recall))], "important": spec.config.important,
-               "config": spec.config.to_json(), "accuracy": accuracy, "recall": recall}
+    summary = {
+        "dataset": spec.config.dataset,
+        "loss": spec.config.loss,
+        "seed": spec.config.seed,
+        "classes": [str(i) for i in range(len(recall))],
+        "important": spec.config.important,
+        "config": spec.config.to_json(),
+        "accuracy": accuracy,
+        "recall": recall,
+    }
     (spec.out_dir / "summary.json").write_text(json.dumps(summary))
 
 
 # ---- profiles and expansion (no training) ----------------------------------------------------------------
 
+
 def test_expansion_counts_and_deduplication(tmp_path):
-    p = profile(datasets=["digits", "mnist"], seeds=[0, 1, 2],
-                important={"classes": {"digits": [3, 5], "mnist": [1]}},
-                methods={"ce": {}, "arcface": {"margin": ["4pi/64", "5pi/64"], "scale": [8, 16]},
-                         "camri": {"margin": ["4pi/64", "5pi/64"], "scale": 16},
-                         "wce": {"weight": [2, 4]}, "crwwce": {"weight": [2], "fp_weight": [1, 2]}})
+    p = profile(
+        datasets=["digits", "mnist"],
+        seeds=[0, 1, 2],
+        important={"classes": {"digits": [3, 5], "mnist": [1]}},
+        methods={
+            "ce": {},
+            "arcface": {"margin": ["4pi/64", "5pi/64"], "scale": [8, 16]},
+            "camri": {"margin": ["4pi/64", "5pi/64"], "scale": 16},
+            "wce": {"weight": [2, 4]},
+            "crwwce": {"weight": [2], "fp_weight": [1, 2]},
+        },
+    )
     important = sweep.choose_important(p, tmp_path)  # fixed indices: no data set is loaded
     assert important == {"digits": [3, 5], "mnist": [1]}
     # Fixed classes take the roles in order, as protocol.select_all reports them.
     recorded = json.loads((tmp_path / "tiny" / "important.json").read_text())
     assert [(r["role"], r["class_index"], r["fixed"]) for r in recorded["digits"]] == [
-        ("worst1", 3, True), ("worst2", 5, True)]
+        ("worst1", 3, True),
+        ("worst2", 5, True),
+    ]
     with pytest.raises(ValueError, match="names 2 classes but important.roles has 1"):
         profile(important={"roles": ["worst1"], "classes": {"digits": [3, 5]}})
     baseline = sweep.expand(p, "baseline", results_dir=tmp_path)
@@ -81,15 +106,28 @@ def test_expansion_counts_and_deduplication(tmp_path):
 
 
 def test_slugs_are_stable(tmp_path):
-    p = profile(seeds=[0, 1], methods={"ce": {}, "arcface": {"margin": ["5pi/64"], "scale": [8]},
-                                       "l2softmax": {"scale": [16]},
-                                       "camri": {"margin": ["4pi/64", 0.2], "scale": [16]},
-                                       "wce": {"weight": [2]}, "crwwce": {"weight": [2.5], "fp_weight": [1]}})
+    p = profile(
+        seeds=[0, 1],
+        methods={
+            "ce": {},
+            "arcface": {"margin": ["5pi/64"], "scale": [8]},
+            "l2softmax": {"scale": [16]},
+            "camri": {"margin": ["4pi/64", 0.2], "scale": [16]},
+            "wce": {"weight": [2]},
+            "crwwce": {"weight": [2.5], "fp_weight": [1]},
+        },
+    )
     keys = [s.key for s in sweep.expand(p, "all", {"digits": [3]}, results_dir=tmp_path) if s.config.seed == 0]
     # The loss registry's order (camri.losses.LOSSES).
-    assert keys == ["digits/ce/default/seed0", "digits/wce/c3_w2/seed0", "digits/crwwce/c3_w2.5_fp1/seed0",
-                    "digits/l2softmax/s16/seed0", "digits/arcface/m5pi64_s8/seed0",
-                    "digits/camri/c3_m4pi64_s16/seed0", "digits/camri/c3_m0.2rad_s16/seed0"]
+    assert keys == [
+        "digits/ce/default/seed0",
+        "digits/wce/c3_w2/seed0",
+        "digits/crwwce/c3_w2.5_fp1/seed0",
+        "digits/l2softmax/s16/seed0",
+        "digits/arcface/m5pi64_s8/seed0",
+        "digits/camri/c3_m4pi64_s16/seed0",
+        "digits/camri/c3_m0.2rad_s16/seed0",
+    ]
     spec = {s.key: s for s in sweep.expand(p, "methods", {"digits": [3]}, results_dir=tmp_path)}[keys[5]]
     assert spec.out_dir == tmp_path / "tiny" / "runs" / "digits" / "camri" / "c3_m4pi64_s16" / "seed0"
     assert spec.config.margin == (paper_margin(4),) and spec.config.important == (3,) and spec.config.scale == 16
@@ -113,8 +151,9 @@ def test_shipped_profiles_load_and_paper_count():
 
 def test_profile_file_and_saved_copy(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text(yaml.safe_dump({"name": "mine", "datasets": ["digits"], "seeds": 2,
-                                    "methods": {"camri": {"margin": "4pi/64"}}}))
+    path.write_text(
+        yaml.safe_dump({"name": "mine", "datasets": ["digits"], "seeds": 2, "methods": {"camri": {"margin": "4pi/64"}}})
+    )
     p = profiles.load_profile(str(path))
     assert p.seeds == [0, 1] and p.methods["camri"] == {"margin": [paper_margin(4)], "scale": [16.0]}
     saved = profiles.save_profile(p, tmp_path / "results")
@@ -122,28 +161,31 @@ def test_profile_file_and_saved_copy(tmp_path):
     assert json.loads(saved.read_text())["methods"]["camri"]["margin"] == [paper_margin(4)]
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"colour": 1}, r"profile test: colour: unknown key; allowed are name, datasets"),
-    ({"datasets": ["cifar11"]}, r"datasets: unknown data set 'cifar11'; allowed are digits, mnist"),
-    ({"methods": {"focal": {}}}, r"methods.focal: unknown key; allowed are ce, wce, crwwce, l2softmax"),
-    ({"methods": {"camri": {"m": [1]}}}, r"methods.camri.m: unknown key; allowed are margin, scale"),
-    ({"methods": {"camri": {"margin": ["4pie/64"]}}}, r"methods.camri.margin: margin '4pie/64' is not a number"),
-    ({"methods": {"camri": {"margin": [4]}}}, r"methods.camri.margin: Input should be less than 3.14"),
-    ({"methods": {"camri": {"margin": [None]}}}, r"methods.camri.margin: margin must be a number"),
-    ({"methods": {"wce": {"weight": [0]}}}, r"methods.wce.weight: Input should be greater than 0"),
-    ({"methods": {"arcface": {"scale": []}}}, r"methods.arcface.scale: must not be an empty list"),
-    ({"train": {"seed": 3}}, r"train.seed: unknown key; allowed are .*epochs"),
-    ({"train": {"epochs": 0}}, r"train: epochs: Input should be greater than or equal to 1"),
-    ({"train": {"device": "tpu"}}, r"train: device: Input should be 'auto', 'cpu', 'cuda' or 'mps'"),
-    ({"seeds": [0, 0]}, r"seeds: must list each seed once"),
-    ({"important": {"roles": ["worst3"]}}, r"important.roles: Input should be 'worst1', 'worst2' or 'median'"),
-    ({"important": {"classes": {"mnist": [1]}}}, r"important.classes.mnist: is not one of the profile's datasets"),
-    ({"executor": {"kind": "ray"}}, r"executor.kind: Input should be 'local' or 'submitit'"),
-    ({"executor": {"submitit": {"cluster": "pbs"}}}, r"executor.submitit.cluster: Input should be 'slurm'"),
-    ({"executor": {"submitit": {"gpus": 1}}}, r"executor.submitit.gpus: unknown key; allowed are cluster"),
-    ({"fig3": {"margin": 4}}, r"fig3.margin: Input should be less than 3.14"),
-    ({"name": "a b"}, r"name: must be letters, digits"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"colour": 1}, r"profile test: colour: unknown key; allowed are name, datasets"),
+        ({"datasets": ["cifar11"]}, r"datasets: unknown data set 'cifar11'; allowed are digits, mnist"),
+        ({"methods": {"focal": {}}}, r"methods.focal: unknown key; allowed are ce, wce, crwwce, l2softmax"),
+        ({"methods": {"camri": {"m": [1]}}}, r"methods.camri.m: unknown key; allowed are margin, scale"),
+        ({"methods": {"camri": {"margin": ["4pie/64"]}}}, r"methods.camri.margin: margin '4pie/64' is not a number"),
+        ({"methods": {"camri": {"margin": [4]}}}, r"methods.camri.margin: Input should be less than 3.14"),
+        ({"methods": {"camri": {"margin": [None]}}}, r"methods.camri.margin: margin must be a number"),
+        ({"methods": {"wce": {"weight": [0]}}}, r"methods.wce.weight: Input should be greater than 0"),
+        ({"methods": {"arcface": {"scale": []}}}, r"methods.arcface.scale: must not be an empty list"),
+        ({"train": {"seed": 3}}, r"train.seed: unknown key; allowed are .*epochs"),
+        ({"train": {"epochs": 0}}, r"train: epochs: Input should be greater than or equal to 1"),
+        ({"train": {"device": "tpu"}}, r"train: device: Input should be 'auto', 'cpu', 'cuda' or 'mps'"),
+        ({"seeds": [0, 0]}, r"seeds: must list each seed once"),
+        ({"important": {"roles": ["worst3"]}}, r"important.roles: Input should be 'worst1', 'worst2' or 'median'"),
+        ({"important": {"classes": {"mnist": [1]}}}, r"important.classes.mnist: is not one of the profile's datasets"),
+        ({"executor": {"kind": "ray"}}, r"executor.kind: Input should be 'local' or 'submitit'"),
+        ({"executor": {"submitit": {"cluster": "pbs"}}}, r"executor.submitit.cluster: Input should be 'slurm'"),
+        ({"executor": {"submitit": {"gpus": 1}}}, r"executor.submitit.gpus: unknown key; allowed are cluster"),
+        ({"fig3": {"margin": 4}}, r"fig3.margin: Input should be less than 3.14"),
+        ({"name": "a b"}, r"name: must be letters, digits"),
+    ],
+)
 def test_profile_errors_name_the_key_and_the_allowed_values(change, message):
     with pytest.raises(ValueError, match=message):
         profile(**change)
@@ -232,6 +274,7 @@ def test_missing_data_stops_before_training(tmp_path, capsys):
 
 # ---- executors (real, tiny runs) ---------------------------------------------------------------------------
 
+
 def test_local_executor_two_workers_and_status(tmp_path, capsys, monkeypatch):
     # Class 10 does not exist in digits: that CAMRI run fails at its start, and only that run.
     p = profile(important={"classes": {"digits": [3, 10]}}, executor={"workers": 2})
@@ -241,8 +284,11 @@ def test_local_executor_two_workers_and_status(tmp_path, capsys, monkeypatch):
     assert [r.state for r in status.status(p, tmp_path)] == ["pending"] * 4
 
     report = grid.run(p, results_dir=tmp_path, progress=False)  # classes fixed: both stages in one pool
-    assert sorted(report.done) == ["digits/arcface/m0.2rad_s8/seed0", "digits/camri/c3_m4pi64_s8/seed0",
-                                   "digits/ce/default/seed0"]
+    assert sorted(report.done) == [
+        "digits/arcface/m0.2rad_s8/seed0",
+        "digits/camri/c3_m4pi64_s8/seed0",
+        "digits/ce/default/seed0",
+    ]
     assert report.failed == [(bad, tmp_path / "tiny" / "runs" / bad / "log.txt")] and not report.complete
     ce_log = tmp_path / "tiny" / "runs" / "digits" / "ce" / "default" / "seed0" / "log.txt"
     assert "== camri grid: digits/ce/default/seed0 on " in ce_log.read_text()
@@ -254,8 +300,11 @@ def test_local_executor_two_workers_and_status(tmp_path, capsys, monkeypatch):
 
     rows = {r.key: r for r in status.status(p, tmp_path)}
     assert {k: r.state for k, r in rows.items()} == {
-        "digits/ce/default/seed0": "done", "digits/arcface/m0.2rad_s8/seed0": "done",
-        "digits/camri/c3_m4pi64_s8/seed0": "done", bad: "failed"}
+        "digits/ce/default/seed0": "done",
+        "digits/arcface/m0.2rad_s8/seed0": "done",
+        "digits/camri/c3_m4pi64_s8/seed0": "done",
+        bad: "failed",
+    }
     assert rows[bad].log == tmp_path / "tiny" / "runs" / bad / "log.txt"
     assert rows[bad].detail.startswith("ValueError: important class 10 is out of range")
 
@@ -271,8 +320,14 @@ def test_local_executor_two_workers_and_status(tmp_path, capsys, monkeypatch):
 
 def _dump(p: profiles.Profile, where: Path) -> Path:
     """The profile as a YAML file (margins in radians are valid YAML values)."""
-    raw = {"name": p.name, "datasets": p.datasets, "seeds": p.seeds, "train": p.train,
-           "important": {"classes": p.important.classes}, "methods": p.methods}
+    raw = {
+        "name": p.name,
+        "datasets": p.datasets,
+        "seeds": p.seeds,
+        "train": p.train,
+        "important": {"classes": p.important.classes},
+        "methods": p.methods,
+    }
     path = where / f"{p.name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -288,17 +343,50 @@ def _wait_for(condition, timeout=120.0, what="condition"):
 
 def test_submitit_local_cluster_kill_and_resume(tmp_path):
     train = dict(TINY_TRAIN, epochs=8)
-    p = profile(train=train, methods={"ce": {}, "camri": {"margin": ["4pi/64"], "scale": [8]}},
-                executor={"kind": "submitit", "submitit": {"cluster": "local", "gpus_per_node": 0,
-                                                           "cpus_per_task": 1, "timeout_min": 10}})
+    p = profile(
+        train=train,
+        methods={"ce": {}, "camri": {"margin": ["4pi/64"], "scale": [8]}},
+        executor={
+            "kind": "submitit",
+            "submitit": {"cluster": "local", "gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 10},
+        },
+    )
     ce_key, camri_key = "digits/ce/default/seed0", "digits/camri/c3_m4pi64_s8/seed0"
     runs = tmp_path / "tiny" / "runs"
     # The same CAMRI run, never interrupted, trained meanwhile with `camri train` (one thread, as the jobs).
     straight = tmp_path / "straight"
-    reference = subprocess.Popen([sys.executable, "-m", "camri", "train", "--dataset", "digits", "--loss", "camri",
-                                  "--important", "3", "--margin", "4pi/64", "--scale", "8", "--epochs", "8",
-                                  "--width", "0.125", "--z-dim", "16", "--bn-momentum", "0.1", "--device", "cpu",
-                                  "--quiet", "--out", str(straight)], cwd=Path(__file__).resolve().parents[1])
+    reference = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "camri",
+            "train",
+            "--dataset",
+            "digits",
+            "--loss",
+            "camri",
+            "--important",
+            "3",
+            "--margin",
+            "4pi/64",
+            "--scale",
+            "8",
+            "--epochs",
+            "8",
+            "--width",
+            "0.125",
+            "--z-dim",
+            "16",
+            "--bn-momentum",
+            "0.1",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            str(straight),
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+    )
 
     # The important class is fixed, so both stages are submitted at once; run returns without waiting.
     report = grid.run(p, results_dir=tmp_path, wait=False, progress=False)
@@ -313,9 +401,16 @@ def test_submitit_local_cluster_kill_and_resume(tmp_path):
     pid = int((camri_dir / rundir.LOCK).read_text().split()[1])
     os.kill(pid, signal.SIGKILL)
     _wait_for(lambda: (runs / ce_key / "summary.json").is_file(), what="the CE run")
-    _wait_for(lambda: status.run_state(sweep.expand(p, "methods", {"digits": [3]}, results_dir=tmp_path)[0],
-                                     slurm.read_jobs(tmp_path / "tiny")[camri_key]).state == "failed",
-              what="the killed job to end")
+    _wait_for(
+        lambda: (
+            status.run_state(
+                sweep.expand(p, "methods", {"digits": [3]}, results_dir=tmp_path)[0],
+                slurm.read_jobs(tmp_path / "tiny")[camri_key],
+            ).state
+            == "failed"
+        ),
+        what="the killed job to end",
+    )
     killed_after = rundir.epochs_done(camri_dir)
     assert 1 <= killed_after < 8 and not (camri_dir / "summary.json").exists()
     rows = {r.key: r for r in status.status(p, tmp_path)}
@@ -335,8 +430,10 @@ def test_submitit_local_cluster_kill_and_resume(tmp_path):
     assert {r.state for r in status.status(p, tmp_path)} == {"done"}
     # The killed and resumed run is exactly the uninterrupted one (optimizer, RNG and history restored).
     assert reference.wait(timeout=600) == 0
-    assert json.loads((straight / "config.json").read_text())["config"] == \
-        json.loads((camri_dir / "config.json").read_text())["config"]
+    assert (
+        json.loads((straight / "config.json").read_text())["config"]
+        == json.loads((camri_dir / "config.json").read_text())["config"]
+    )
     for name in ("metrics.csv", "summary.json"):
         assert _without_seconds(camri_dir / name) == _without_seconds(straight / name), name
 
@@ -355,23 +452,44 @@ def test_slurm_submission_and_states_with_stand_in_commands(tmp_path, monkeypatc
     """The SLURM path without SLURM: stand-in sbatch and sacct scripts on PATH."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text("#!/bin/sh\ncp \"$1\" \"$(dirname \"$0\")/last.sbatch\"\n"
-                                    "echo Submitted batch job 4242\n")
-    (bin_dir / "sacct").write_text("#!/bin/sh\necho 'JobID|State|NodeList'\necho '4242_0|RUNNING|n1'\n"
-                                   "echo '4242_1|FAILED|n1'\necho '4242_2|PENDING|None'\n")
+    (bin_dir / "sbatch").write_text('#!/bin/sh\ncp "$1" "$(dirname "$0")/last.sbatch"\necho Submitted batch job 4242\n')
+    (bin_dir / "sacct").write_text(
+        "#!/bin/sh\necho 'JobID|State|NodeList'\necho '4242_0|RUNNING|n1'\n"
+        "echo '4242_1|FAILED|n1'\necho '4242_2|PENDING|None'\n"
+    )
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit looks for it to detect SLURM
     for script in ("sbatch", "sacct", "srun"):
         (bin_dir / script).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    p = profile(seeds=[0, 1, 2], methods={"ce": {}},
-                executor={"kind": "submitit", "submitit": {"cluster": "slurm", "partition": "gpu", "mem_gb": 16,
-                                                           "array_parallelism": 2, "setup": ["module load cuda"]}})
+    p = profile(
+        seeds=[0, 1, 2],
+        methods={"ce": {}},
+        executor={
+            "kind": "submitit",
+            "submitit": {
+                "cluster": "slurm",
+                "partition": "gpu",
+                "mem_gb": 16,
+                "array_parallelism": 2,
+                "setup": ["module load cuda"],
+            },
+        },
+    )
     report = grid.run(p, results_dir=tmp_path, wait=False, progress=False)
     keys = [f"digits/ce/default/seed{i}" for i in range(3)]
     assert sorted(report.running) == keys and not report.failed
     sbatch = (bin_dir / "last.sbatch").read_text()
-    for line in ("--partition=gpu", "--array=0-2%2", "--gpus-per-node=1", "--cpus-per-task=8", "--mem=16GB",
-                 "--time=600", "--signal=USR2@90", "--job-name=camri-tiny", "module load cuda"):
+    for line in (
+        "--partition=gpu",
+        "--array=0-2%2",
+        "--gpus-per-node=1",
+        "--cpus-per-task=8",
+        "--mem=16GB",
+        "--time=600",
+        "--signal=USR2@90",
+        "--job-name=camri-tiny",
+        "module load cuda",
+    ):
         assert line in sbatch
     jobs = slurm.read_jobs(tmp_path / "tiny")
     assert [jobs[k]["job_id"] for k in keys] == ["4242_0", "4242_1", "4242_2"]
@@ -388,8 +506,11 @@ def test_slurm_submission_and_states_with_stand_in_commands(tmp_path, monkeypatc
 
 
 def test_submitit_local_cluster_refuses_a_flood(tmp_path):
-    p = profile(seeds=[0, 1], methods={"ce": {}},
-                executor={"kind": "submitit", "submitit": {"cluster": "local", "array_parallelism": 1}})
+    p = profile(
+        seeds=[0, 1],
+        methods={"ce": {}},
+        executor={"kind": "submitit", "submitit": {"cluster": "local", "array_parallelism": 1}},
+    )
     with pytest.raises(ValueError, match="would start all 2 runs at once.*--executor local"):
         grid.run(p, results_dir=tmp_path, wait=False, progress=False)
     assert slurm.read_jobs(tmp_path / "tiny") == {}

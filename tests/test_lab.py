@@ -27,8 +27,13 @@ def free_port() -> int:
 
 def test_server_arguments_pass_allow_root_only_as_root(tmp_path):
     args = lab.server_arguments(8890, notebook_dir=tmp_path, open_browser=False, as_root=False)
-    assert args == [f"--ServerApp.root_dir={tmp_path.resolve()}", "--ServerApp.ip=localhost",
-                    "--ServerApp.port=8890", "--ServerApp.port_retries=0", "--ServerApp.open_browser=False"]
+    assert args == [
+        f"--ServerApp.root_dir={tmp_path.resolve()}",
+        "--ServerApp.ip=localhost",
+        "--ServerApp.port=8890",
+        "--ServerApp.port_retries=0",
+        "--ServerApp.open_browser=False",
+    ]
     as_root = lab.server_arguments(8890, notebook_dir=tmp_path, ip="0.0.0.0", as_root=True)
     assert as_root[-1] == "--allow-root" and "--ServerApp.ip=0.0.0.0" in as_root
     assert "--ServerApp.open_browser=True" in as_root
@@ -56,15 +61,22 @@ def make_dry_run(*args: str) -> str:
     """The last command `make -n ARGS` would run (pretending pyproject.toml is new, so the venv step is only
     printed). Under `make test` this is a sub-make: its parent's flags are not passed on."""
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    proc = subprocess.run(["make", "--no-print-directory", "-n", "-W", "pyproject.toml", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-W", "pyproject.toml", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().splitlines()[-1]
 
 
 def test_make_lab_passes_port_ip_and_no_browser():
     assert make_dry_run("lab", "PORT=8899", "IP=0.0.0.0", "NO_BROWSER=1") == (
-        ".venv/bin/camri lab --port 8899 --ip 0.0.0.0 --no-browser")
+        ".venv/bin/camri lab --port 8899 --ip 0.0.0.0 --no-browser"
+    )
     assert make_dry_run("lab") == ".venv/bin/camri lab --port 8888 --ip localhost"
 
 
@@ -77,12 +89,21 @@ def _get(url: str, token: str, method: str = "GET"):
 @pytest.mark.slow
 def test_camri_lab_serves_the_camri_kernel_and_stops_cleanly(tmp_path):
     port = free_port()
-    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-           "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}  # no user configuration, no stray server files
+    env = {
+        **os.environ,
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+    }  # no user configuration, no stray server files
     env.pop("JUPYTER_TOKEN", None)
     stderr = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "camri", "lab", "--port", str(port), "--no-browser"],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "camri", "lab", "--port", str(port), "--no-browser"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
     try:
         lines = []
         reader = threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True)

@@ -15,15 +15,30 @@ def _dataset(n_train: int, n_test: int, seed: int = 0) -> camri_data.DataSet:
     """CIFAR-10-like in miniature: 3 channels (so channels_last differs from NCHW), 8x8 pixels, 10 classes."""
     g = torch.Generator().manual_seed(seed)
     return camri_data.DataSet(
-        "tiny-rgb", torch.randint(0, 256, (n_train, 3, 8, 8), dtype=torch.uint8, generator=g),
+        "tiny-rgb",
+        torch.randint(0, 256, (n_train, 3, 8, 8), dtype=torch.uint8, generator=g),
         torch.randint(0, 10, (n_train,), generator=g),
         torch.randint(0, 256, (n_test, 3, 8, 8), dtype=torch.uint8, generator=g),
-        torch.randint(0, 10, (n_test,), generator=g), [str(k) for k in range(10)])
+        torch.randint(0, 10, (n_test,), generator=g),
+        [str(k) for k in range(10)],
+    )
 
 
 def _config(**overrides) -> TrainConfig:
-    values = dict(dataset="tiny-rgb", loss="camri", important=[3], margin=[0.2], scale=8.0, epochs=1,
-                  batch_size=16, eval_batch_size=32, width=0.125, z_dim=16, bn_momentum=0.1, device="cpu")
+    values = dict(
+        dataset="tiny-rgb",
+        loss="camri",
+        important=[3],
+        margin=[0.2],
+        scale=8.0,
+        epochs=1,
+        batch_size=16,
+        eval_batch_size=32,
+        width=0.125,
+        z_dim=16,
+        bn_momentum=0.1,
+        device="cpu",
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -84,8 +99,9 @@ def test_train_epoch_counts_the_partial_last_batch_and_its_progress_shows_the_lo
             self.postfix = loss
 
     bar = Bar()
-    result = loop.train_epoch(model, optimizer, data.x_train, data.y_train, batch_size=16, seed=0, epoch=1,
-                              placement=placement, progress=bar)
+    result = loop.train_epoch(
+        model, optimizer, data.x_train, data.y_train, batch_size=16, seed=0, epoch=1, placement=placement, progress=bar
+    )
     assert (result.images, result.steps, count.train, count.steps) == (37, 3, 37, 3)
     assert bar.n == 3
     # The running loss is over the 37 images seen, not 3 x 16 = 48 (the old formula's).
@@ -100,9 +116,11 @@ def test_every_batch_and_the_model_use_the_resolved_memory_format(channels_last)
     model, optimizer = loop.build_model(_config(), in_channels=3, num_classes=10, placement=placement)
     formats = []
     model.backbone.register_forward_pre_hook(
-        lambda module, inputs: formats.append(inputs[0].is_contiguous(memory_format=torch.channels_last)))
-    loop.train_epoch(model, optimizer, data.x_train, data.y_train, batch_size=8, seed=0, epoch=1,
-                     placement=placement, augment=True)
+        lambda module, inputs: formats.append(inputs[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    loop.train_epoch(
+        model, optimizer, data.x_train, data.y_train, batch_size=8, seed=0, epoch=1, placement=placement, augment=True
+    )
     loop.evaluate(model, data.x_test, data.y_test, batch_size=4, placement=placement)
     assert formats == [channels_last] * (3 + 2)
     conv = model.backbone.features[0]
@@ -130,10 +148,12 @@ def test_the_amp_auto_rule_is_float32_on_every_cpu_and_bf16_on_cuda(monkeypatch)
 def test_a_non_finite_loss_names_the_epoch_and_step():
     data = _dataset(32, 4)
     placement = loop.Placement(torch.device("cpu"))
-    model, optimizer = loop.build_model(_config(loss="ce", important=[]), in_channels=3, num_classes=10,
-                                        placement=placement)
+    model, optimizer = loop.build_model(
+        _config(loss="ce", important=[]), in_channels=3, num_classes=10, placement=placement
+    )
     with torch.no_grad():
         model.backbone.embed.weight.fill_(float("nan"))
     with pytest.raises(loop.NonFiniteLossError, match="epoch 4, step 1 of 2"):
-        loop.train_epoch(model, optimizer, data.x_train, data.y_train, batch_size=16, seed=0, epoch=4,
-                         placement=placement)
+        loop.train_epoch(
+            model, optimizer, data.x_train, data.y_train, batch_size=16, seed=0, epoch=4, placement=placement
+        )

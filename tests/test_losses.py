@@ -182,9 +182,11 @@ def test_wce_and_crwwce_reduce_to_ce():
     for other in (wce, crw):
         assert torch.equal(ce(z, y), other(z, y))
     # ... and a weight != 1 (or a false-positive weight > 0) makes them differ.
-    for other in (build_loss("wce", 3, 4, important=[1], weight=3.0),
-                  build_loss("crwwce", 3, 4, important=[1], weight=3.0, fp_weight=0.0),
-                  build_loss("crwwce", 3, 4, important=[1], weight=1.0, fp_weight=0.5)):
+    for other in (
+        build_loss("wce", 3, 4, important=[1], weight=3.0),
+        build_loss("crwwce", 3, 4, important=[1], weight=3.0, fp_weight=0.0),
+        build_loss("crwwce", 3, 4, important=[1], weight=1.0, fp_weight=0.5),
+    ):
         assert not torch.allclose(ce(z, y), _copy_linear(ce, other)(z, y))
 
 
@@ -258,8 +260,16 @@ def test_gradients_finite_at_edges(name, case, dtype):
 @pytest.mark.parametrize("name", LOSS_NAMES)
 def test_gradcheck_float64(name):
     torch.manual_seed(4)
-    head = build_loss(name, 4, 3, important=[1, 2], margin=[0.3, 0.2] if name == "camri" else 0.3,
-                      scale=4.0, weight=2.0, fp_weight=0.5).double()
+    head = build_loss(
+        name,
+        4,
+        3,
+        important=[1, 2],
+        margin=[0.3, 0.2] if name == "camri" else 0.3,
+        scale=4.0,
+        weight=2.0,
+        fp_weight=0.5,
+    ).double()
     y = torch.tensor([0, 1, 2, 3, 1])
     z = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda f: head(f, y), (z,))

@@ -33,7 +33,7 @@ def test_members_compute_exactly_what_separate_networks_compute(stack):
     assert z.shape == (4, K * Z)
     for k in range(K):
         single = stack.member(k).eval()
-        torch.testing.assert_close(z[:, k * Z:(k + 1) * Z], single(x[:, 3 * k:3 * (k + 1)]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(z[:, k * Z : (k + 1) * Z], single(x[:, 3 * k : 3 * (k + 1)]), rtol=1e-5, atol=1e-5)
     with pytest.raises(IndexError, match=f"member {K} of a stack of {K}"):
         stack.member(K)
 
@@ -42,7 +42,7 @@ def test_members_share_no_gradient(stack):
     stack.train()
     stack.zero_grad()
     z = stack(torch.rand(6, K * 3, 32, 32))
-    z[:, Z:2 * Z].square().sum().backward()  # a loss on member 1 only
+    z[:, Z : 2 * Z].square().sum().backward()  # a loss on member 1 only
     for name, p in stack.named_parameters():
         g = p.grad.reshape(K, p.shape[0] // K, *p.shape[1:])
         assert g[0].abs().max() == 0 and g[2].abs().max() == 0, name

@@ -63,15 +63,36 @@ def test_a_zero_margin_returns_the_cosine_unchanged():
 
 # ---- the boundary of "maintaining accuracy": mean >= mean CE − tolerance, with float slack -------------
 
+
 def write_summary(root, name, *, loss, seed, accuracy, important=(), recall=None):
     directory = root / name
     directory.mkdir(parents=True)
-    config = {"dataset": "cifar10", "loss": loss, "important": list(important), "margin": [0.2], "scale": 16.0,
-              "weight": 2.0, "fp_weight": 1.0, "epochs": 3, "seed": seed}
+    config = {
+        "dataset": "cifar10",
+        "loss": loss,
+        "important": list(important),
+        "margin": [0.2],
+        "scale": 16.0,
+        "weight": 2.0,
+        "fp_weight": 1.0,
+        "epochs": 3,
+        "seed": seed,
+    }
     recall = recall if recall is not None else [0.5, 0.6, 0.7, 0.8]
-    (directory / "summary.json").write_text(json.dumps({
-        "dataset": "cifar10", "loss": loss, "seed": seed, "classes": ["a", "b", "c", "d"],
-        "important": list(important), "config": config, "accuracy": accuracy, "recall": recall}))
+    (directory / "summary.json").write_text(
+        json.dumps(
+            {
+                "dataset": "cifar10",
+                "loss": loss,
+                "seed": seed,
+                "classes": ["a", "b", "c", "d"],
+                "important": list(important),
+                "config": config,
+                "accuracy": accuracy,
+                "recall": recall,
+            }
+        )
+    )
 
 
 # (CE accuracies by seed, tolerance, CAMRI accuracies by seed, qualifies). In exact arithmetic the first two
@@ -110,16 +131,31 @@ def test_qualification_boundary(tmp_path, ce, tolerance, camri, qualifies):
 
 # ---- table1.csv: every number to 6 significant digits ----------------------------------------------------
 
+
 def test_table1_csv_numbers_have_six_significant_digits(tmp_path):
     ce_acc, ce_recall = [0.8123456, 0.8234567, 0.8345678], [0.4123456, 0.5234567, 0.4345678]
     camri_acc, camri_recall = [0.8191919, 0.8212121, 0.8232323], [0.6111111, 0.6333333, 0.6777777]
     for seed in range(3):
-        write_summary(tmp_path, f"ce/s{seed}", loss="ce", seed=seed, accuracy=ce_acc[seed],
-                      recall=[0.9, ce_recall[seed], 0.9, 0.9])
-        write_summary(tmp_path, f"camri/s{seed}", loss="camri", important=[1], seed=seed,
-                      accuracy=camri_acc[seed], recall=[0.9, camri_recall[seed], 0.9, 0.9])
-    table = tables.table1(protocol.select_all(protocol.load_runs(tmp_path), important={"cifar10": [1]},
-                                              split="test", roles=["worst1"]))
+        write_summary(
+            tmp_path,
+            f"ce/s{seed}",
+            loss="ce",
+            seed=seed,
+            accuracy=ce_acc[seed],
+            recall=[0.9, ce_recall[seed], 0.9, 0.9],
+        )
+        write_summary(
+            tmp_path,
+            f"camri/s{seed}",
+            loss="camri",
+            important=[1],
+            seed=seed,
+            accuracy=camri_acc[seed],
+            recall=[0.9, camri_recall[seed], 0.9, 0.9],
+        )
+    table = tables.table1(
+        protocol.select_all(protocol.load_runs(tmp_path), important={"cifar10": [1]}, split="test", roles=["worst1"])
+    )
     csv = pd.read_csv(io.StringIO(tables.table1_csv(table)), dtype=str, keep_default_na=False)
     rows = csv.set_index("method")
     for method, acc, recall in (("CE", ce_acc, ce_recall), ("CAMRI", camri_acc, camri_recall)):

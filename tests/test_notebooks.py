@@ -29,8 +29,16 @@ from camri.profile import parse_profile
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-STEMS = ["00_data", "01_ce_baseline", "02_arcface", "03_camri", "04_table1", "05_angles",
-         "06_fig3_feature_circle", "07_fig2_loss_contours"]
+STEMS = [
+    "00_data",
+    "01_ce_baseline",
+    "02_arcface",
+    "03_camri",
+    "04_table1",
+    "05_angles",
+    "06_fig3_feature_circle",
+    "07_fig2_loss_contours",
+]
 
 SMOKE = """\
 name: smoke
@@ -52,15 +60,26 @@ notebooks:
 """
 
 # Every figure the notebooks write for the smoke profile (digits; worst1 only).
-FIGURES = ["00_digits_class_counts", "00_digits_samples", "01_digits_ce_recall_per_class",
-           "01_digits_ce_learning_curves", "02_digits_learning_curves", "02_digits_worst1_tradeoff",
-           "03_digits_worst1_tradeoff", "04_table1", "05_digits_worst1_angle_histograms", "05_relative_variance",
-           "06_fig3_feature_circle", "07_fig2_loss_contours"]
+FIGURES = [
+    "00_digits_class_counts",
+    "00_digits_samples",
+    "01_digits_ce_recall_per_class",
+    "01_digits_ce_learning_curves",
+    "02_digits_learning_curves",
+    "02_digits_worst1_tradeoff",
+    "03_digits_worst1_tradeoff",
+    "04_table1",
+    "05_digits_worst1_angle_histograms",
+    "05_relative_variance",
+    "06_fig3_feature_circle",
+    "07_fig2_loss_contours",
+]
 
 
 def camri_command(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "camri", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "camri", *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
 
 
 def files_below(folder: Path) -> dict[str, float]:
@@ -87,6 +106,7 @@ def smoke(tmp_path_factory):
 
 
 # ---- the committed notebooks ---------------------------------------------------------------------------
+
 
 def test_the_numbered_notebooks_are_all_there():
     assert [p.stem for p in NOTEBOOKS] == STEMS
@@ -126,19 +146,34 @@ def test_ensure_kernel_runs_this_python():
 
 def test_profile_parameters_match_notebook_names_ignoring_case(tmp_path):
     path = REPO / "notebooks" / "07_fig2_loss_contours.ipynb"
-    profile = parse_profile({"name": "p", "datasets": ["digits"],
-                             "notebooks": {"07_fig2_loss_contours": {"resolution": 21, "Margin": "8pi/64"}}})
+    profile = parse_profile(
+        {
+            "name": "p",
+            "datasets": ["digits"],
+            "notebooks": {"07_fig2_loss_contours": {"resolution": 21, "Margin": "8pi/64"}},
+        }
+    )
     parameters = notebooks.notebook_parameters(path, profile, {"PROFILE": "x", "TRAIN": False, "OTHER": 1})
     assert parameters == {"PROFILE": "x", "RESOLUTION": 21, "MARGIN": "8pi/64"}
     profile.notebooks["07_fig2_loss_contours"] = {"resolutions": 3}
-    with pytest.raises(ValueError, match="notebooks.07_fig2_loss_contours.resolutions: the notebook has no such "
-                                         "parameter; it has PROFILE, RESULTS_DIR"):
+    with pytest.raises(
+        ValueError,
+        match="notebooks.07_fig2_loss_contours.resolutions: the notebook has no such "
+        "parameter; it has PROFILE, RESULTS_DIR",
+    ):
         notebooks.notebook_parameters(path, profile, {})
 
 
 def test_fig3_specs_come_from_the_profile(tmp_path):
-    profile = parse_profile({"name": "p", "datasets": ["digits"], "data_dir": str(tmp_path / "data"),
-                             "train": {"epochs": 7, "width": 0.5}, "fig3": {"margin": "8pi/64", "scale": 8}})
+    profile = parse_profile(
+        {
+            "name": "p",
+            "datasets": ["digits"],
+            "data_dir": str(tmp_path / "data"),
+            "train": {"epochs": 7, "width": 0.5},
+            "fig3": {"margin": "8pi/64", "scale": 8},
+        }
+    )
     ce, camri = sweep.fig3_specs(profile, tmp_path)
     assert ce.config.dataset == "digits"  # no MNIST in that data directory
     assert (ce.config.z_dim, ce.config.epochs, ce.config.width, ce.config.loss) == (2, 7, 0.5, "ce")
@@ -150,7 +185,9 @@ def test_fig3_specs_come_from_the_profile(tmp_path):
     # The committed results/cpu folder's Fig. 3 runs are found where they were trained (default settings).
     cpu = sweep.fig3_specs(REPO / "results" / "cpu" / "cpu-jpeg.yaml", REPO / "results")
     assert all(s.finished for s in cpu) and [s.key for s in cpu] == [
-        "fig3/digits/ce/default/seed0", "fig3/digits/camri/c3_m4pi64_s16/seed0"]
+        "fig3/digits/ce/default/seed0",
+        "fig3/digits/camri/c3_m4pi64_s16/seed0",
+    ]
 
 
 def test_fig3_local_runs_use_the_profiles_workers_per_gpu(tmp_path, monkeypatch):
@@ -163,8 +200,14 @@ def test_fig3_local_runs_use_the_profiles_workers_per_gpu(tmp_path, monkeypatch)
     from camri import grid
 
     monkeypatch.setattr(grid, "run_local", fake_run_local)
-    profile = parse_profile({"name": "p", "datasets": ["digits"], "fig3": {"dataset": "digits"},
-                             "executor": {"workers": 3, "workers_per_gpu": 4}})
+    profile = parse_profile(
+        {
+            "name": "p",
+            "datasets": ["digits"],
+            "fig3": {"dataset": "digits"},
+            "executor": {"workers": 3, "workers_per_gpu": 4},
+        }
+    )
     study.Study(profile, str(tmp_path)).fig3_runs()
     assert seen == {"workers": 3, "workers_per_gpu": 4}
 
@@ -193,6 +236,7 @@ def test_markdown_table():
 
 
 # ---- the smoke profile end to end ---------------------------------------------------------------------
+
 
 def test_reproduce_trains_the_grid_and_fig3_then_executes_every_notebook(smoke):
     assert len(list((smoke.out / "runs").rglob("summary.json"))) == 5  # CE, ArcFace, CAMRI, WCE, CRWWCE
@@ -227,8 +271,7 @@ def test_the_widget_cells_render_their_initial_state_under_papermill(smoke, stem
     # The widget state papermill stores with the notebook: the explorer's Output holds its first figure.
     state = book.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
     assert view["model_id"] in state
-    shown = [o for model in state.values() if model["model_name"] == "OutputModel"
-             for o in model["state"]["outputs"]]
+    shown = [o for model in state.values() if model["model_name"] == "OutputModel" for o in model["state"]["outputs"]]
     assert [o["output_type"] for o in shown] == ["display_data"]
     assert "image/png" in shown[0]["data"]
 
@@ -251,10 +294,21 @@ def test_tables_have_their_rows(smoke):
     assert set(table1["important"]) == {"worst1"} and (table1["n_seeds"] == 1).all()
     assert {p.suffix for p in smoke.out.glob("table1.*")} == {".csv", ".md", ".tex"}
     folder = smoke.out / "tables"
-    rows = {"00_datasets": 1, "00_digits_class_counts": 10, "01_ce_runs": 1, "01_digits_ce_recall_per_class": 10,
-            "01_digits_important_classes": 1, "02_digits_arcface_settings": 2,  # CE and ArcFace (no L2-softmax)
-            "03_digits_worst1_settings": 5, "03_digits_worst1_selected": 10, "03_paired_gains": 2,
-            "04_table1_long": 5, "04_selected_settings": 10, "05_relative_variance": 3, "06_fig3": 2}
+    rows = {
+        "00_datasets": 1,
+        "00_digits_class_counts": 10,
+        "01_ce_runs": 1,
+        "01_digits_ce_recall_per_class": 10,
+        "01_digits_important_classes": 1,
+        "02_digits_arcface_settings": 2,  # CE and ArcFace (no L2-softmax)
+        "03_digits_worst1_settings": 5,
+        "03_digits_worst1_selected": 10,
+        "03_paired_gains": 2,
+        "04_table1_long": 5,
+        "04_selected_settings": 10,
+        "05_relative_variance": 3,
+        "06_fig3": 2,
+    }
     for name, count in rows.items():
         assert len(pd.read_csv(folder / f"{name}.csv")) == count, name
         markdown = (folder / f"{name}.md").read_text().strip().splitlines()
@@ -287,8 +341,7 @@ def test_figures_command_rerenders_from_stored_results_without_training(smoke, t
     proc = camri_command("figures", "--profile", smoke.profile, "--results-dir", results, "--only", *only)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     assert {folder: files_below(out / folder) for folder in ("runs", "fig3")} == before  # nothing written there
-    assert sorted(p.stem for p in (out / "figures").glob("*.png")) == sorted(
-        f for f in FIGURES if f[:2] in only)
+    assert sorted(p.stem for p in (out / "figures").glob("*.png")) == sorted(f for f in FIGURES if f[:2] in only)
     assert len(pd.read_csv(out / "table1.csv")) == len(tables.TABLE1_METHODS)
     book = nbformat.read(out / "notebooks" / "01_ce_baseline.ipynb", as_version=4)
     injected = next(c for c in book.cells if "injected-parameters" in c.metadata.get("tags", []))
@@ -303,12 +356,14 @@ def test_a_failing_notebook_fails_the_command_with_its_cell_and_traceback(smoke,
     broken = ["y = 2", "def f():\n    raise ValueError('boom: 42')\n\nf()", "never = 'reached'"]
     for name, cells in {"00_fine": ["x = 1"], "01_broken": broken, "02_after": ["z = 3"]}.items():
         book = nbformat.v4.new_notebook()
-        book.cells = [nbformat.v4.new_code_cell('PROFILE = "demo"\nRESULTS_DIR = None',
-                                                metadata={"tags": ["parameters"]})]
+        book.cells = [
+            nbformat.v4.new_code_cell('PROFILE = "demo"\nRESULTS_DIR = None', metadata={"tags": ["parameters"]})
+        ]
         book.cells += [nbformat.v4.new_code_cell(source) for source in cells]
         nbformat.write(book, folder / f"{name}.ipynb")
-    status, output = camri_main("reproduce", "--profile", smoke.profile, "--results-dir", results,
-                                "--notebooks", folder)
+    status, output = camri_main(
+        "reproduce", "--profile", smoke.profile, "--results-dir", results, "--notebooks", folder
+    )
     assert status == 1
     assert "notebook 01_broken.ipynb failed" in output
     assert "raise ValueError('boom: 42')" in output  # the failing cell's source
@@ -322,10 +377,33 @@ def test_a_failing_notebook_fails_the_command_with_its_cell_and_traceback(smoke,
 def test_papermill_by_hand_with_the_camri_kernel(smoke, tmp_path):
     kernel = notebooks.ensure_kernel()
     out = tmp_path / "fig2.ipynb"
-    proc = subprocess.run([sys.executable, "-m", "papermill", str(REPO / "notebooks" / "07_fig2_loss_contours.ipynb"),
-                           str(out), "-k", kernel, "-p", "PROFILE", str(smoke.profile), "-p", "RESULTS_DIR",
-                           str(tmp_path / "results"), "-p", "RESOLUTION", "21", "-p", "MARGIN", "16pi/64"],
-                          capture_output=True, text=True, timeout=300, cwd=REPO / "notebooks")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "papermill",
+            str(REPO / "notebooks" / "07_fig2_loss_contours.ipynb"),
+            str(out),
+            "-k",
+            kernel,
+            "-p",
+            "PROFILE",
+            str(smoke.profile),
+            "-p",
+            "RESULTS_DIR",
+            str(tmp_path / "results"),
+            "-p",
+            "RESOLUTION",
+            "21",
+            "-p",
+            "MARGIN",
+            "16pi/64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO / "notebooks",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "results" / "smoke" / "figures" / "07_fig2_loss_contours.png").is_file()
     assert json.loads(out.read_text())["metadata"]["papermill"]["parameters"]["MARGIN"] == "16pi/64"
@@ -368,8 +446,7 @@ def test_table1_csv_numbers_recomputed_by_hand_from_the_runs(smoke):
         if row["method"] == "CE+bias":
             # The bias tuned on CE's validation logits (camri.posthoc's rule), applied to its test logits.
             tuned = posthoc.tune_bias([posthoc.load_logits(ce_dir, "validation")], worst1, threshold)
-            recall_b, accuracy_b = posthoc.bias_outcomes(*posthoc.load_logits(ce_dir, "test"), worst1,
-                                                         [tuned["bias"]])
+            recall_b, accuracy_b = posthoc.bias_outcomes(*posthoc.load_logits(ce_dir, "test"), worst1, [tuned["bias"]])
             assert (row["recall_mean"], row["accuracy_mean"]) == (f"{recall_b[0]:.6g}", f"{accuracy_b[0]:.6g}")
             assert row["qualified"] == "true"
             continue

@@ -34,8 +34,9 @@ def test_the_build_backend_reads_pyproject_without_deprecation_warnings(tmp_path
     shutil.copytree(REPO / "camri", source / "camri", ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path / "metadata"
     out.mkdir()
-    proc = subprocess.run([sys.executable, "-c", BUILD, str(out)], cwd=source, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", BUILD, str(out)], cwd=source, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     deprecations = [w for w in report["warnings"] if any("Deprecat" in c for c in w[1])]

@@ -91,9 +91,14 @@ def two_d_features(n=300, k=4, seed=0):
 def test_feature_circle_and_fig3():
     features, labels = two_d_features()
     weights = plots.fig2_weights(num_classes=4)
-    fig = plots.plot_fig3({"CE": {"features2d": features, "labels": labels, "weights": weights},
-                           "CAMRI": {"features2d": features, "labels": labels}},
-                          classes=list("abcd"), important=[3])
+    fig = plots.plot_fig3(
+        {
+            "CE": {"features2d": features, "labels": labels, "weights": weights},
+            "CAMRI": {"features2d": features, "labels": labels},
+        },
+        classes=list("abcd"),
+        important=[3],
+    )
     assert drawn(fig) and [ax.get_title() for ax in fig.axes] == ["CE", "CAMRI"]
     with pytest.raises(ValueError, match="z_dim = 2"):
         plots.plot_feature_circle(np.zeros((3, 5)), np.zeros(3, int))
@@ -103,31 +108,60 @@ def test_angle_histograms_report_the_relative_variance():
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], 200)
     theta = np.where(labels == 1, rng.normal(30, 2, 600), rng.normal(40, 4, 600))
-    fig = plots.plot_angle_histograms({"CE": (theta, labels), "CAMRI": (theta * 0.5, labels)}, 1,
-                                      class_name="one")
+    fig = plots.plot_angle_histograms({"CE": (theta, labels), "CAMRI": (theta * 0.5, labels)}, 1, class_name="one")
     relative = theta[labels == 1].var() / np.mean([theta[labels == k].var() for k in (0, 2)])
     assert fig.axes[0].get_title() == f"CE: rel. var {relative:.2f}"
     assert drawn(fig)
 
 
 def test_bar_and_point_figures():
-    recalls = pd.DataFrame({"class_index": [2, 0, 1], "class_name": ["c", "a", "b"],
-                            "recall_mean": [0.5, 0.7, 0.9], "recall_std": [0.1, np.nan, 0.05],
-                            "n_seeds": 2, "rank": [0, 1, 2]})
+    recalls = pd.DataFrame(
+        {
+            "class_index": [2, 0, 1],
+            "class_name": ["c", "a", "b"],
+            "recall_mean": [0.5, 0.7, 0.9],
+            "recall_std": [0.1, np.nan, 0.05],
+            "n_seeds": 2,
+            "rank": [0, 1, 2],
+        }
+    )
     chosen = pd.DataFrame({"role": ["worst1", "worst2", "median"], "class_index": [2, 0, 0]})
     assert drawn(plots.plot_class_recall(recalls, chosen=chosen))
-    variance = pd.DataFrame({"cell": ["d worst1", "d worst1"], "method": ["CE", "CAMRI"],
-                             "relative_variance": [1.1, 0.6], "relative_variance_std": [0.1, np.nan]})
+    variance = pd.DataFrame(
+        {
+            "cell": ["d worst1", "d worst1"],
+            "method": ["CE", "CAMRI"],
+            "relative_variance": [1.1, 0.6],
+            "relative_variance_std": [0.1, np.nan],
+        }
+    )
     assert drawn(plots.plot_relative_variance(variance))
-    table = pd.DataFrame({"dataset": "digits", "important": "worst1", "class": "c",
-                          "method": ["CAMRI", "CE"], "recall_mean": [0.8, 0.6], "recall_std": [0.01, 0.02],
-                          "accuracy_mean": [0.9, 0.9], "accuracy_std": [np.nan, 0.01],
-                          "paper_recall": [np.nan, np.nan], "paper_accuracy": [np.nan, np.nan]})
+    table = pd.DataFrame(
+        {
+            "dataset": "digits",
+            "important": "worst1",
+            "class": "c",
+            "method": ["CAMRI", "CE"],
+            "recall_mean": [0.8, 0.6],
+            "recall_std": [0.01, 0.02],
+            "accuracy_mean": [0.9, 0.9],
+            "accuracy_std": [np.nan, 0.01],
+            "paper_recall": [np.nan, np.nan],
+            "paper_accuracy": [np.nan, np.nan],
+        }
+    )
     assert drawn(plots.plot_method_recall(table))
-    settings = pd.DataFrame({"method": ["CE", "CAMRI", "CAMRI"], "recall_mean": [0.5, 0.7, 0.9],
-                             "recall_std": [0.1, 0.1, np.nan], "accuracy_mean": [0.9, 0.9, 0.8],
-                             "accuracy_std": [0.01, 0.02, np.nan], "qualified": [True, True, False],
-                             "accuracy_threshold": 0.895})
+    settings = pd.DataFrame(
+        {
+            "method": ["CE", "CAMRI", "CAMRI"],
+            "recall_mean": [0.5, 0.7, 0.9],
+            "recall_std": [0.1, 0.1, np.nan],
+            "accuracy_mean": [0.9, 0.9, 0.8],
+            "accuracy_std": [0.01, 0.02, np.nan],
+            "qualified": [True, True, False],
+            "accuracy_threshold": 0.895,
+        }
+    )
     curve = pd.DataFrame({"bias": [-1.0, 0.0, 1.0], "recall": [0.2, 0.5, 0.8], "accuracy": [0.85, 0.9, 0.86]})
     fig = plots.plot_tradeoff(settings, curve=curve, selected=settings.iloc[[1]], title="t")
     assert drawn(fig)
@@ -147,17 +181,25 @@ def test_data_figures():
 
 
 def test_epoch_curves_plot_one_line_and_band_per_setting():
-    curves = pd.DataFrame({
-        "method": ["CE", "CE", "CAMRI", "CAMRI", "CAMRI", "CAMRI"],
-        "hyperparameters": ["", "", "m=4π/64, s=16", "m=4π/64, s=16", "m=1π/64, s=16", "m=1π/64, s=16"],
-        "epoch": [1, 2, 1, 2, 1, 2], "accuracy_mean": [0.5, 0.6, 0.4, 0.55, 0.45, 0.6],
-        "accuracy_std": [0.01, 0.02, np.nan, np.nan, 0.01, 0.01], "recall_mean": [0.2, 0.3, 0.4, 0.5, 0.3, 0.35],
-        "recall_std": [0.1, 0.1, np.nan, np.nan, 0.05, 0.05]})
+    curves = pd.DataFrame(
+        {
+            "method": ["CE", "CE", "CAMRI", "CAMRI", "CAMRI", "CAMRI"],
+            "hyperparameters": ["", "", "m=4π/64, s=16", "m=4π/64, s=16", "m=1π/64, s=16", "m=1π/64, s=16"],
+            "epoch": [1, 2, 1, 2, 1, 2],
+            "accuracy_mean": [0.5, 0.6, 0.4, 0.55, 0.45, 0.6],
+            "accuracy_std": [0.01, 0.02, np.nan, np.nan, 0.01, 0.01],
+            "recall_mean": [0.2, 0.3, 0.4, 0.5, 0.3, 0.35],
+            "recall_std": [0.1, 0.1, np.nan, np.nan, 0.05, 0.05],
+        }
+    )
     fig = plots.plot_epoch_curves(curves, class_name="cat")
     assert drawn(fig)
     left, right = fig.axes
     assert len(left.lines) == len(right.lines) == 3
     assert [t.get_text() for t in right.get_legend().get_texts()] == [
-        "CE", "CAMRI (m=4π/64, s=16)", "CAMRI (m=1π/64, s=16)"]
+        "CE",
+        "CAMRI (m=4π/64, s=16)",
+        "CAMRI (m=1π/64, s=16)",
+    ]
     assert right.get_ylabel() == "recall of cat"
     np.testing.assert_allclose(left.lines[0].get_ydata(), [0.5, 0.6])

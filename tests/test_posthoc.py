@@ -7,11 +7,15 @@ from camri import posthoc
 
 # Five samples, three classes; the important class is 1.
 # gaps = best other − logit of class 1: [1.0, 0.5, -1.0, 2.0, 0.25]
-LOGITS = np.array([[2.0, 1.0, 0.0],    # label 1: needs b > 1.0
-                   [1.5, 1.0, 0.0],    # label 1: needs b > 0.5
-                   [0.0, 1.0, 0.0],    # label 1: already right (gap −1)
-                   [3.0, 1.0, 0.0],    # label 0: lost when b > 2.0
-                   [1.25, 1.0, 0.0]])  # label 0: lost when b > 0.25
+LOGITS = np.array(
+    [
+        [2.0, 1.0, 0.0],  # label 1: needs b > 1.0
+        [1.5, 1.0, 0.0],  # label 1: needs b > 0.5
+        [0.0, 1.0, 0.0],  # label 1: already right (gap −1)
+        [3.0, 1.0, 0.0],  # label 0: lost when b > 2.0
+        [1.25, 1.0, 0.0],
+    ]
+)  # label 0: lost when b > 0.25
 LABELS = np.array([1, 1, 1, 0, 0])
 
 

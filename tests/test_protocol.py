@@ -15,30 +15,81 @@ CLASSES = [f"c{i}" for i in range(K)]
 PI64 = math.pi / 64
 
 
-def write_run(root, name, *, loss, seed, recall, accuracy, important=(), k=4, scale=16.0, weight=2.0,
-              fp_weight=1.0, dataset="cifar10", epochs=3, finished=True, logits=None, labels=None,
-              val_recall=None, val_accuracy=None, validation=True):
+def write_run(
+    root,
+    name,
+    *,
+    loss,
+    seed,
+    recall,
+    accuracy,
+    important=(),
+    k=4,
+    scale=16.0,
+    weight=2.0,
+    fp_weight=1.0,
+    dataset="cifar10",
+    epochs=3,
+    finished=True,
+    logits=None,
+    labels=None,
+    val_recall=None,
+    val_accuracy=None,
+    validation=True,
+):
     """A run directory as camri.train writes it: config.json, and summary.json when finished. Its
     validation metrics are the test ones unless given (``validation=False``: a run without a split)."""
-    config = {"dataset": dataset, "loss": loss, "important": list(important), "margin": [k * PI64],
-              "scale": scale, "weight": weight, "fp_weight": fp_weight, "epochs": epochs, "batch_size": 64,
-              "lr": 1e-3, "width": 1.0, "z_dim": 512, "seed": seed, "device": "cpu", "amp": "auto",
-              "channels_last": "auto", "augment": False, "image_size": None, "eval_batch_size": 1024,
-              "data_dir": None}
+    config = {
+        "dataset": dataset,
+        "loss": loss,
+        "important": list(important),
+        "margin": [k * PI64],
+        "scale": scale,
+        "weight": weight,
+        "fp_weight": fp_weight,
+        "epochs": epochs,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "width": 1.0,
+        "z_dim": 512,
+        "seed": seed,
+        "device": "cpu",
+        "amp": "auto",
+        "channels_last": "auto",
+        "augment": False,
+        "image_size": None,
+        "eval_batch_size": 1024,
+        "data_dir": None,
+    }
     directory = root / name
     directory.mkdir(parents=True)
     (directory / "config.json").write_text(json.dumps({"config": config, "classes": CLASSES}))
     if finished:
-        summary = {"dataset": dataset, "loss": loss, "seed": seed, "classes": CLASSES,
-                   "important": list(important), "config": config, "accuracy": accuracy,
-                   "recall": list(recall), "test_loss": 0.5, "epochs_completed": epochs}
+        summary = {
+            "dataset": dataset,
+            "loss": loss,
+            "seed": seed,
+            "classes": CLASSES,
+            "important": list(important),
+            "config": config,
+            "accuracy": accuracy,
+            "recall": list(recall),
+            "test_loss": 0.5,
+            "epochs_completed": epochs,
+        }
         if validation:
-            summary["validation"] = {"accuracy": accuracy if val_accuracy is None else val_accuracy,
-                                     "recall": list(recall if val_recall is None else val_recall)}
+            summary["validation"] = {
+                "accuracy": accuracy if val_accuracy is None else val_accuracy,
+                "recall": list(recall if val_recall is None else val_recall),
+            }
         (directory / "summary.json").write_text(json.dumps(summary))
     if logits is not None:
-        np.savez(directory / "angles.npz", logits=np.asarray(logits, np.float32),
-                 labels=np.asarray(labels, np.int64), theta_deg=np.zeros(len(labels), np.float32))
+        np.savez(
+            directory / "angles.npz",
+            logits=np.asarray(logits, np.float32),
+            labels=np.asarray(labels, np.int64),
+            theta_deg=np.zeros(len(labels), np.float32),
+        )
     return directory
 
 
@@ -50,8 +101,7 @@ def recall_with(c, value):
 
 # CE per-class recall by seed; means [0.9, 0.5, 0.7, 0.6, 0.8, 0.65]: sorted 1, 3, 5, 2, 4, 0, so
 # worst1 = c1, worst2 = c3 and median = position (6 - 1) // 2 = 2 = c5 (the upper median would be c2).
-CE_RECALL = {0: [0.9, 0.5, 0.7, 0.6, 0.8, 0.65], 1: [0.9, 0.6, 0.7, 0.6, 0.8, 0.65],
-             2: [0.9, 0.4, 0.7, 0.6, 0.8, 0.65]}
+CE_RECALL = {0: [0.9, 0.5, 0.7, 0.6, 0.8, 0.65], 1: [0.9, 0.6, 0.7, 0.6, 0.8, 0.65], 2: [0.9, 0.4, 0.7, 0.6, 0.8, 0.65]}
 CE_ACCURACY = {0: 0.80, 1: 0.82, 2: 0.84}  # mean 0.82: threshold 0.815 at the default tolerance
 
 
@@ -65,15 +115,24 @@ def grid(tmp_path):
     # B (k=8): recall 0.9 on each seed, accuracy mean 0.79: the unconstrained best, does not qualify.
     # C (k=5): seed 0 only, recall 0.85, accuracy 0.83: qualifies, but has one seed.
     for seed, (r, a) in enumerate([(0.6, 0.82), (0.7, 0.83), (0.8, 0.81)]):
-        write_run(root, f"camri/k4/s{seed}", loss="camri", important=[1], k=4, seed=seed,
-                  recall=recall_with(1, r), accuracy=a)
+        write_run(
+            root, f"camri/k4/s{seed}", loss="camri", important=[1], k=4, seed=seed, recall=recall_with(1, r), accuracy=a
+        )
     for seed, a in enumerate([0.79, 0.80, 0.78]):
-        write_run(root, f"camri/k8/s{seed}", loss="camri", important=[1], k=8, seed=seed,
-                  recall=recall_with(1, 0.9), accuracy=a)
-    write_run(root, "camri/k5/s0", loss="camri", important=[1], k=5, seed=0, recall=recall_with(1, 0.85),
-              accuracy=0.83)
-    write_run(root, "camri/k5/s1", loss="camri", important=[1], k=5, seed=1, recall=[0.0] * K, accuracy=0.0,
-              finished=False)
+        write_run(
+            root,
+            f"camri/k8/s{seed}",
+            loss="camri",
+            important=[1],
+            k=8,
+            seed=seed,
+            recall=recall_with(1, 0.9),
+            accuracy=a,
+        )
+    write_run(root, "camri/k5/s0", loss="camri", important=[1], k=5, seed=0, recall=recall_with(1, 0.85), accuracy=0.83)
+    write_run(
+        root, "camri/k5/s1", loss="camri", important=[1], k=5, seed=1, recall=[0.0] * K, accuracy=0.0, finished=False
+    )
     # A CAMRI run for another class must not enter c1's cell (it would win there).
     write_run(root, "camri/c2", loss="camri", important=[2], seed=0, recall=[1.0] * K, accuracy=0.9)
     # ArcFace: one setting, accuracy mean 0.80 < 0.815: no qualifying setting. Recall per class = 0.5 + 0.05·seed.
@@ -81,8 +140,9 @@ def grid(tmp_path):
         write_run(root, f"arcface/s{seed}", loss="arcface", seed=seed, recall=[0.5 + 0.05 * seed] * K, accuracy=a)
     # WCE for c1 with two seeds; no CRWWCE at all.
     for seed, (r, a) in enumerate([(0.75, 0.82), (0.65, 0.83)]):
-        write_run(root, f"wce/s{seed}", loss="wce", important=[1], weight=3.0, seed=seed,
-                  recall=recall_with(1, r), accuracy=a)
+        write_run(
+            root, f"wce/s{seed}", loss="wce", important=[1], weight=3.0, seed=seed, recall=recall_with(1, r), accuracy=a
+        )
     write_run(root, "l2/s0", loss="l2softmax", seed=0, recall=recall_with(1, 0.55), accuracy=0.82)
     return root
 
@@ -95,10 +155,11 @@ def by_method(frame, **where):
 
 # ---- runs ----------------------------------------------------------------------------------------------
 
+
 def test_load_runs_reads_finished_runs_and_counts_unfinished(grid):
     runs = protocol.load_runs(grid)
     assert len(runs) == 3 + 3 + 3 + 1 + 1 + 3 + 2 + 1
-    assert list(runs.columns[:len(protocol.RUN_COLUMNS)]) == list(protocol.RUN_COLUMNS)
+    assert list(runs.columns[: len(protocol.RUN_COLUMNS)]) == list(protocol.RUN_COLUMNS)
     camri = runs[runs["path"].str.endswith("camri/k4/s0")].iloc[0]
     assert camri["method"] == "CAMRI" and camri["important"] == (1,) and camri["classes"] == tuple(CLASSES)
     assert camri["margin"] == pytest.approx((4 * PI64,))
@@ -128,6 +189,7 @@ def test_mixed_experiments_and_duplicate_seeds_are_errors(grid):
 
 # ---- important classes ---------------------------------------------------------------------------------
 
+
 def test_important_classes_with_an_even_number_of_classes(grid):
     chosen = protocol.choose_important(protocol.load_runs(grid), "cifar10").set_index("role")
     assert list(chosen.index) == ["worst1", "worst2", "median"]
@@ -150,6 +212,7 @@ def test_tied_mean_recalls_go_to_the_lower_class_index(tmp_path):
 
 
 # ---- settings and selection ----------------------------------------------------------------------------
+
 
 def test_cell_settings_group_runs_into_settings(grid):
     settings = protocol.cell_settings(protocol.load_runs(grid), "cifar10", 1)
@@ -187,10 +250,16 @@ def test_maintaining_unconstrained_and_missing_seeds(grid):
 
 
 def test_best_setting_ties_go_to_accuracy_then_seeds_then_order():
-    settings = pd.DataFrame({
-        "method": ["CAMRI"] * 4, "hyperparameters": ["a", "b", "c", "d"], "n_seeds": [3, 3, 5, 5],
-        "selection_recall_mean": [0.9, 0.9, 0.9, 0.9], "selection_accuracy_mean": [0.8, 0.85, 0.85, 0.85],
-        "qualified": [True] * 4})
+    settings = pd.DataFrame(
+        {
+            "method": ["CAMRI"] * 4,
+            "hyperparameters": ["a", "b", "c", "d"],
+            "n_seeds": [3, 3, 5, 5],
+            "selection_recall_mean": [0.9, 0.9, 0.9, 0.9],
+            "selection_accuracy_mean": [0.8, 0.85, 0.85, 0.85],
+            "qualified": [True] * 4,
+        }
+    )
     chosen = protocol.select_settings(settings)
     assert set(chosen["hyperparameters"]) == {"c"}
 
@@ -203,6 +272,7 @@ def test_bad_parameters():
 
 
 # ---- Table 1 -------------------------------------------------------------------------------------------
+
 
 def test_table1_numbers_against_hand_computation(grid):
     table = tables.table1(protocol.select_all(protocol.load_runs(grid), min_seeds=3))
@@ -266,8 +336,7 @@ def test_write_table1_csv_contract_and_renderings(grid):
     assert camri["recall_std"] == "" and float(camri["recall_mean"]) == 0.85  # one seed: std empty
     markdown = (out / "table1.md").read_text()
     assert "| method | worst1: c1 | worst2: c3 | median: c5 |" in markdown
-    assert ("0.8500 ± – (0.8300 ± –)<br>m=5π/64, s=16; n=1<br>paper 0.7919 (0.8821), Δ +0.0581 (-0.0521)"
-            in markdown)
+    assert "0.8500 ± – (0.8300 ± –)<br>m=5π/64, s=16; n=1<br>paper 0.7919 (0.8821), Δ +0.0581 (-0.0521)" in markdown
     assert "m=4π/64, s=16; n=3 †" in markdown  # ArcFace does not maintain accuracy
     latex = (out / "table1.tex").read_text()
     assert r"m=5$\pi$/64" in latex and r"$^\dagger$" in latex and "π" not in latex
@@ -283,6 +352,7 @@ def test_paper_table1_is_carried_as_data():
 
 
 # ---- beyond the paper ----------------------------------------------------------------------------------
+
 
 def test_paired_comparisons_pair_the_chosen_settings_by_seed(grid):
     runs = protocol.load_runs(grid)
@@ -330,8 +400,9 @@ def test_threshold_curve_default_grid_and_plain_argmax_on_random_logits():
 def test_ce_threshold_curve_averages_the_seeds(tmp_path):
     other = LOGITS[:, [1, 0, 2]]  # class 1 always predicted less often
     for seed, logits in enumerate([LOGITS, other]):
-        write_run(tmp_path, f"s{seed}", loss="ce", seed=seed, recall=[0.5] * 3, accuracy=0.5,
-                  logits=logits, labels=LABELS)
+        write_run(
+            tmp_path, f"s{seed}", loss="ce", seed=seed, recall=[0.5] * 3, accuracy=0.5, logits=logits, labels=LABELS
+        )
     curve = posthoc.ce_threshold_curve(protocol.load_runs(tmp_path), "cifar10", 1, biases=[0.0, 100.0])
     expected = [posthoc.threshold_curve(x, LABELS, 1, [0.0, 100.0]) for x in (LOGITS, other)]
     mean_recall = (expected[0]["recall"] + expected[1]["recall"]) / 2
@@ -349,13 +420,16 @@ def test_threshold_curve_bad_input():
 
 # ---- formatting ----------------------------------------------------------------------------------------
 
+
 def test_formatting():
     assert protocol.format_margin(4 * PI64) == "4π/64"
     assert protocol.format_margin(PI64) == "π/64" and protocol.format_margin(0.0) == "0"
     assert protocol.format_margin(4.5 * PI64) == "4.5π/64"
     assert protocol.format_hyperparameters("crwwce", {"weight": 2.0, "fp_weight": 0.5}) == "w=2, w_fp=0.5"
-    assert protocol.format_hyperparameters("camri", {"margin": (4 * PI64, 5 * PI64), "scale": 8.0}) \
+    assert (
+        protocol.format_hyperparameters("camri", {"margin": (4 * PI64, 5 * PI64), "scale": 8.0})
         == "m=(4π/64, 5π/64), s=8"
+    )
     assert protocol.display_dataset("awa2") == "AwA2" and protocol.display_dataset("digits") == "digits"
 
 
@@ -372,14 +446,27 @@ def test_display_dataset_recognises_an_imagefolder_copy():
 def test_epoch_curves_average_metrics_csv_over_seeds(tmp_path):
     root = tmp_path / "runs"
     # Two CE seeds and one CAMRI seed for c1, two epochs each; recall of c1 is the column recall_c1.
-    curves = {("ce", 0): [(0.50, 0.2), (0.60, 0.4)], ("ce", 1): [(0.70, 0.4), (0.80, 0.6)],
-              ("camri", 0): [(0.55, 0.5), (0.65, 0.7)]}
+    curves = {
+        ("ce", 0): [(0.50, 0.2), (0.60, 0.4)],
+        ("ce", 1): [(0.70, 0.4), (0.80, 0.6)],
+        ("camri", 0): [(0.55, 0.5), (0.65, 0.7)],
+    }
     for (loss, seed), points in curves.items():
-        d = write_run(root, f"{loss}/s{seed}", loss=loss, seed=seed, important=[1] if loss == "camri" else [],
-                      recall=recall_with(1, points[-1][1]), accuracy=points[-1][0], epochs=2)
+        d = write_run(
+            root,
+            f"{loss}/s{seed}",
+            loss=loss,
+            seed=seed,
+            important=[1] if loss == "camri" else [],
+            recall=recall_with(1, points[-1][1]),
+            accuracy=points[-1][0],
+            epochs=2,
+        )
         rows = ["epoch,train_loss,test_accuracy," + ",".join(f"recall_{c}" for c in CLASSES)]
-        rows += [f"{e},1.0,{a}," + ",".join(str(r if c == 1 else 0.5) for c in range(K))
-                 for e, (a, r) in enumerate(points, start=1)]
+        rows += [
+            f"{e},1.0,{a}," + ",".join(str(r if c == 1 else 0.5) for c in range(K))
+            for e, (a, r) in enumerate(points, start=1)
+        ]
         (d / "metrics.csv").write_text("\n".join(rows) + "\n")
     table = protocol.epoch_curves(protocol.load_runs(root), "cifar10", 1)
     assert list(table["method"]) == ["CAMRI", "CAMRI", "CE", "CE"]

@@ -38,10 +38,15 @@ def one_thread(monkeypatch):
 
 
 def write_profile(folder: Path, name: str = "slurm", *, seeds=(0,), methods=None, **submitit) -> Path:
-    raw = {"name": name, "datasets": ["digits"], "seeds": list(seeds), "train": dict(TRAIN),
-           "important": {"classes": {"digits": [3]}},
-           "methods": methods or {"ce": {}, "camri": {"margin": ["4pi/64"], "scale": [8]}},
-           "executor": {"kind": "submitit", "submitit": {**SLURM, **submitit}}}
+    raw = {
+        "name": name,
+        "datasets": ["digits"],
+        "seeds": list(seeds),
+        "train": dict(TRAIN),
+        "important": {"classes": {"digits": [3]}},
+        "methods": methods or {"ce": {}, "camri": {"margin": ["4pi/64"], "scale": [8]}},
+        "executor": {"kind": "submitit", "submitit": {**SLURM, **submitit}},
+    }
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -58,14 +63,20 @@ def wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.5):
 
 def jobs(results: Path, profile: str = "slurm") -> dict:
     """{run key: SLURM job id} from the profile's jobs.json (docs/scale-out.md)."""
-    return {key: entry["job_id"] for key, entry in
-            json.loads((results / profile / "jobs.json").read_text())["jobs"].items()}
+    return {
+        key: entry["job_id"] for key, entry in json.loads((results / profile / "jobs.json").read_text())["jobs"].items()
+    }
 
 
 def sacct_states(job_id: str) -> list[str]:
     """Every attempt's state of one job (or array task), oldest first: sacct -D lists requeued attempts."""
-    out = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", job_id], capture_output=True,
-                         text=True, check=True, timeout=30).stdout
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", job_id],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
@@ -103,8 +114,10 @@ def reference(tmp_path_factory) -> Path:
     """The profile's runs through the local executor: the records the cluster's must equal, bit for bit."""
     folder = tmp_path_factory.mktemp("local")
     profile = write_profile(folder)
-    assert main(["grid", "--profile", str(profile), "--executor", "local", "--workers", "2",
-                 "--results-dir", str(folder)]) == 0
+    assert (
+        main(["grid", "--profile", str(profile), "--executor", "local", "--workers", "2", "--results-dir", str(folder)])
+        == 0
+    )
     return folder / "slurm" / "runs"
 
 
@@ -124,8 +137,9 @@ def test_job_array_records_equal_the_local_executors(slurm_cluster, reference, t
 def test_success_comes_from_the_records_not_the_job_state(slurm_cluster, tmp_path, capsys):
     # Task 0's job ends at once with exit status 0 (SLURM: COMPLETED) without running the run, as a job
     # whose function swallowed an error would; task 1's is cancelled mid-run.
-    profile = write_profile(tmp_path, seeds=(0, 1), methods={"ce": {}},
-                            setup=['if [ "$SLURM_ARRAY_TASK_ID" = 0 ]; then exit 0; fi'])
+    profile = write_profile(
+        tmp_path, seeds=(0, 1), methods={"ce": {}}, setup=['if [ "$SLURM_ARRAY_TASK_ID" = 0 ]; then exit 0; fi']
+    )
     hollow, cancelled = "digits/ce/default/seed0", "digits/ce/default/seed1"
     cancelled_dir = tmp_path / "slurm" / "runs" / cancelled
 
@@ -156,20 +170,30 @@ def test_requeued_and_preempted_jobs_resume_to_identical_records(slurm_cluster, 
     profile = write_profile(tmp_path)
     assert main(["grid", "--profile", str(profile), "--results-dir", str(tmp_path), "--no-wait"]) == 0
     ids, runs = jobs(tmp_path), tmp_path / "slurm" / "runs"
-    wait_for(lambda: min(epochs_logged(runs / CE), epochs_logged(runs / CAMRI)) >= 1, 180,
-             "the first epoch of both runs", poll_s=0.1)
+    wait_for(
+        lambda: min(epochs_logged(runs / CE), epochs_logged(runs / CAMRI)) >= 1,
+        180,
+        "the first epoch of both runs",
+        poll_s=0.1,
+    )
     subprocess.run(["scontrol", "requeue", ids[CE]], check=True, timeout=30)
     subprocess.run(["scancel", "--signal=USR2", ids[CAMRI]], check=True, timeout=30)
-    wait_for(lambda: all(sacct_states(ids[k])[-1:] == ["COMPLETED"] for k in (CE, CAMRI)), 300,
-             "the requeued jobs to finish", poll_s=2)
+    wait_for(
+        lambda: all(sacct_states(ids[k])[-1:] == ["COMPLETED"] for k in (CE, CAMRI)),
+        300,
+        "the requeued jobs to finish",
+        poll_s=2,
+    )
 
     for key in (CE, CAMRI):
         states = sacct_states(ids[key])
         assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", (key, states)
         log = (runs / key / "log.txt").read_text()
         resumed = re.search(rf"resuming after epoch (\d+) of {EPOCHS}", log)
-        assert resumed, f"{key} did not resume from its checkpoint (the run ended before the interruption " \
-                        f"took effect? raise EPOCHS):\n{log[-2000:]}"
+        assert resumed, (
+            f"{key} did not resume from its checkpoint (the run ended before the interruption "
+            f"took effect? raise EPOCHS):\n{log[-2000:]}"
+        )
         assert 1 <= int(resumed.group(1)) < EPOCHS
         assert_same_records(runs / key, reference / key)
     assert "interrupted (SystemExit)" in (runs / CAMRI / "log.txt").read_text()  # submitit's own exit

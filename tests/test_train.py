@@ -28,8 +28,20 @@ def digits():
 
 def tiny(**overrides) -> TrainConfig:
     """A small, fast configuration: width 1/8, 16-d features, 2 epochs."""
-    values = dict(dataset="digits", loss="camri", important=[3], margin=[0.2], scale=8.0, epochs=2,
-                  batch_size=64, width=0.125, z_dim=16, bn_momentum=0.1, seed=0, device="cpu")
+    values = dict(
+        dataset="digits",
+        loss="camri",
+        important=[3],
+        margin=[0.2],
+        scale=8.0,
+        epochs=2,
+        batch_size=64,
+        width=0.125,
+        z_dim=16,
+        bn_momentum=0.1,
+        seed=0,
+        device="cpu",
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -71,8 +83,21 @@ def test_important_class_by_name_and_margin_notation(digits, tmp_path):
     from camri.cli import build_parser
     from camri.config import from_args
 
-    args = build_parser().parse_args(["train", "--dataset", "digits", "--loss", "camri", "--important", "3",
-                                      "--margin", "4pi/64", "--out", str(tmp_path)])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--loss",
+            "camri",
+            "--important",
+            "3",
+            "--margin",
+            "4pi/64",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     config = from_args(args)
     run = Run(config, tmp_path, quiet=True, dataset=digits)
     assert run.config.important == (3,)
@@ -108,9 +133,29 @@ def test_finished_run_is_skipped_and_conflicting_config_refused(digits, tmp_path
 
 
 def test_kill_and_resume_equals_uninterrupted(digits, tmp_path):
-    args = ["--dataset", "digits", "--loss", "camri", "--important", "3", "--margin", "0.2", "--scale", "8",
-            "--epochs", "5", "--width", "0.125", "--z-dim", "16", "--bn-momentum", "0.1", "--device", "cpu",
-            "--quiet"]
+    args = [
+        "--dataset",
+        "digits",
+        "--loss",
+        "camri",
+        "--important",
+        "3",
+        "--margin",
+        "0.2",
+        "--scale",
+        "8",
+        "--epochs",
+        "5",
+        "--width",
+        "0.125",
+        "--z-dim",
+        "16",
+        "--bn-momentum",
+        "0.1",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "camri", "train", *args]
     subprocess.run([*command, "--out", str(tmp_path / "straight")], check=True, env=env, cwd=ROOT, timeout=300)
@@ -185,11 +230,13 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(digits, tmp_path, monke
 
 
 def test_bad_config_values(digits, tmp_path):
-    for field, value, message in [("loss", "focal", "loss: Input should be 'ce', 'wce'"),
-                                  ("epochs", 0, "epochs: Input should be greater than or equal to 1"),
-                                  ("lr", 0.0, "lr: Input should be greater than 0"),
-                                  ("device", "tpu", "device: Input should be 'auto', 'cpu'"),
-                                  ("bn_momentum", 0.0, "bn_momentum")]:
+    for field, value, message in [
+        ("loss", "focal", "loss: Input should be 'ce', 'wce'"),
+        ("epochs", 0, "epochs: Input should be greater than or equal to 1"),
+        ("lr", 0.0, "lr: Input should be greater than 0"),
+        ("device", "tpu", "device: Input should be 'auto', 'cpu'"),
+        ("bn_momentum", 0.0, "bn_momentum"),
+    ]:
         with pytest.raises(ValueError, match=message):
             tiny(**{field: value})
     with pytest.raises(ValueError, match="needs at least one important class"):
@@ -242,8 +289,24 @@ def test_bad_margin_writes_nothing_and_the_corrected_command_runs(tmp_path, caps
     from camri.cli import main
 
     out = tmp_path / "d"
-    common = ["train", "--loss", "camri", "--important", "3", "--epochs", "1", "--width", "0.125", "--z-dim", "8",
-              "--device", "cpu", "--quiet", "--out", str(out)]
+    common = [
+        "train",
+        "--loss",
+        "camri",
+        "--important",
+        "3",
+        "--epochs",
+        "1",
+        "--width",
+        "0.125",
+        "--z-dim",
+        "8",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     assert main([*common, "--margin", "4"]) == 2
     assert "margin: Input should be less than 3.14159" in capsys.readouterr().err
     assert not out.exists()  # nothing written before every setting is valid

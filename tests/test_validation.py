@@ -29,12 +29,16 @@ def test_the_split_is_stratified_disjoint_and_the_same_for_every_method_and_seed
     assert torch.all((after - 0.1 * before).abs() <= 1.0)
     # Disjoint: together the two parts are the training set, each image once (the images are distinct rows).
     rows = {tuple(x.flatten().tolist()) + (int(y),) for x, y in zip(digits.x_train, digits.y_train)}
-    parts = [tuple(x.flatten().tolist()) + (int(y),) for x, y in
-             zip(torch.cat([split.x_train, split.x_val]), torch.cat([split.y_train, split.y_val]))]
+    parts = [
+        tuple(x.flatten().tolist()) + (int(y),)
+        for x, y in zip(torch.cat([split.x_train, split.x_val]), torch.cat([split.y_train, split.y_val]))
+    ]
     assert len(parts) == len(set(parts)) == len(rows) and set(parts) == rows
     # The same for any loss and seed of a profile: the split depends on fraction and split seed only.
-    runs = [Run(TrainConfig(dataset="digits", loss=loss, important=important, seed=seed), "/nonexistent",
-                dataset=digits) for loss, important, seed in (("ce", (), 0), ("camri", (3,), 4))]
+    runs = [
+        Run(TrainConfig(dataset="digits", loss=loss, important=important, seed=seed), "/nonexistent", dataset=digits)
+        for loss, important, seed in (("ce", (), 0), ("camri", (3,), 4))
+    ]
     assert all(torch.equal(r.data.x_val, split.x_val) and torch.equal(r.data.y_train, split.y_train) for r in runs)
     assert not torch.equal(digits.with_validation(0.1, 1).y_val, split.y_val)  # another split seed, another split
     assert digits.with_validation(0.0) is digits
@@ -43,8 +47,18 @@ def test_the_split_is_stratified_disjoint_and_the_same_for_every_method_and_seed
 
 
 def test_a_run_records_validation_beside_test(digits, tmp_path):
-    config = TrainConfig(dataset="digits", loss="camri", important=(3,), epochs=2, width=0.125, z_dim=16,
-                         bn_momentum=0.1, device="cpu", validation_fraction=0.2, split_seed=1)
+    config = TrainConfig(
+        dataset="digits",
+        loss="camri",
+        important=(3,),
+        epochs=2,
+        width=0.125,
+        z_dim=16,
+        bn_momentum=0.1,
+        device="cpu",
+        validation_fraction=0.2,
+        split_seed=1,
+    )
     summary = train(config, tmp_path, quiet=True, dataset=digits)
     stored = json.loads((tmp_path / "config.json").read_text())["config"]
     assert stored["validation_fraction"] == 0.2 and stored["split_seed"] == 1
@@ -69,24 +83,43 @@ def split_runs(tmp_path):
     test_recall = [0.9, 0.4, 0.6, 0.7, 0.8, 0.85]
     val_recall = [0.9, 0.6, 0.4, 0.7, 0.8, 0.85]
     for seed in range(2):
-        write_run(root, f"ce/s{seed}", loss="ce", seed=seed, recall=test_recall, accuracy=0.8,
-                  val_recall=val_recall, val_accuracy=0.8)
+        write_run(
+            root,
+            f"ce/s{seed}",
+            loss="ce",
+            seed=seed,
+            recall=test_recall,
+            accuracy=0.8,
+            val_recall=val_recall,
+            val_accuracy=0.8,
+        )
         for k, (test, val) in {4: (0.5, 0.8), 8: (0.7, 0.6)}.items():
-            write_run(root, f"camri{k}/s{seed}", loss="camri", important=[1], k=k, seed=seed,
-                      recall=[0.9, test, 0.6, 0.7, 0.8, 0.85], accuracy=0.8,
-                      val_recall=[0.9, val, 0.4, 0.7, 0.8, 0.85], val_accuracy=0.8)
+            write_run(
+                root,
+                f"camri{k}/s{seed}",
+                loss="camri",
+                important=[1],
+                k=k,
+                seed=seed,
+                recall=[0.9, test, 0.6, 0.7, 0.8, 0.85],
+                accuracy=0.8,
+                val_recall=[0.9, val, 0.4, 0.7, 0.8, 0.85],
+                val_accuracy=0.8,
+            )
     return root
 
 
 def test_selection_on_validation_differs_from_selection_on_test(split_runs):
     runs = protocol.load_runs(split_runs)
-    assert protocol.choose_important(runs, "cifar10").iloc[0]["class_name"] == "c2"           # validation
+    assert protocol.choose_important(runs, "cifar10").iloc[0]["class_name"] == "c2"  # validation
     assert protocol.choose_important(runs, "cifar10", split="test").iloc[0]["class_name"] == "c1"
     fixed = {"cifar10": {"worst1": "c1"}}
     by_val = protocol.select_all(runs, important=fixed, roles=["worst1"])
     by_test = protocol.select_all(runs, important=fixed, roles=["worst1"], split="test")
-    pick = {name: frame[(frame["method"] == "CAMRI") & (frame["selection"] == "maintaining")].iloc[0]
-            for name, frame in (("validation", by_val), ("test", by_test))}
+    pick = {
+        name: frame[(frame["method"] == "CAMRI") & (frame["selection"] == "maintaining")].iloc[0]
+        for name, frame in (("validation", by_val), ("test", by_test))
+    }
     assert pick["validation"]["hyperparameters"] == "m=4π/64, s=16"
     assert pick["test"]["hyperparameters"] == "m=8π/64, s=16"
     # Both report test: the validation choice reports k=4's test recall 0.5, the test choice k=8's 0.7.
@@ -109,9 +142,11 @@ def test_runs_without_validation_are_named_with_the_fix(tmp_path):
 
 def test_last_k_reports_the_mean_of_the_last_epochs(tmp_path):
     directory = write_run(tmp_path, "ce/s0", loss="ce", seed=0, recall=[0.5] * 6, accuracy=0.8)
-    epochs = pd.DataFrame({"epoch": [1, 2, 3], "test_accuracy": [0.1, 0.6, 0.8], "val_accuracy": [0.2, 0.4, 0.6]}
-                          | {f"recall_{c}": [0.0, 0.2, 0.4] for c in CLASSES}
-                          | {f"val_recall_{c}": [0.1, 0.3, 0.5] for c in CLASSES})
+    epochs = pd.DataFrame(
+        {"epoch": [1, 2, 3], "test_accuracy": [0.1, 0.6, 0.8], "val_accuracy": [0.2, 0.4, 0.6]}
+        | {f"recall_{c}": [0.0, 0.2, 0.4] for c in CLASSES}
+        | {f"val_recall_{c}": [0.1, 0.3, 0.5] for c in CLASSES}
+    )
     epochs.to_csv(directory / "metrics.csv", index=False)
     runs = protocol.load_runs(tmp_path)
     assert protocol.apply_report(runs, "final") is runs
@@ -130,10 +165,15 @@ def test_ce_plus_bias_row_is_tuned_on_validation_and_reported_on_test(tmp_path):
     test_logits = logits.copy()
     test_logits[0, 0] = 2.6
     for seed in range(2):
-        d = write_run(tmp_path, f"ce/s{seed}", loss="ce", seed=seed, recall=[0.5] * 6, accuracy=0.6,
-                      val_accuracy=0.6)
-        np.savez(d / "angles.npz", logits=test_logits, labels=labels, val_logits=logits, val_labels=labels,
-                 theta_deg=np.zeros(5))
+        d = write_run(tmp_path, f"ce/s{seed}", loss="ce", seed=seed, recall=[0.5] * 6, accuracy=0.6, val_accuracy=0.6)
+        np.savez(
+            d / "angles.npz",
+            logits=test_logits,
+            labels=labels,
+            val_logits=logits,
+            val_labels=labels,
+            theta_deg=np.zeros(5),
+        )
     runs = protocol.load_runs(tmp_path)
     settings = protocol.cell_settings(runs, "cifar10", 1, tolerance=0.0, bias=True).set_index("method")
     row = settings.loc["CE+bias"]
@@ -141,6 +181,7 @@ def test_ce_plus_bias_row_is_tuned_on_validation_and_reported_on_test(tmp_path):
     assert row["selection_recall_mean"] == 1.0 and row["selection_accuracy_mean"] == pytest.approx(0.8)
     assert row["recall_mean"] == pytest.approx(2 / 3) and row["accuracy_mean"] == pytest.approx(0.6)
     assert posthoc.tune_bias([(logits, labels)], 1, 0.6)["bias"] == row["bias"]
-    table = tables.table1(protocol.select_all(runs, tolerance=0.0, bias=True, important={"cifar10": [1]},
-                                              roles=["worst1"])).set_index("method")
+    table = tables.table1(
+        protocol.select_all(runs, tolerance=0.0, bias=True, important={"cifar10": [1]}, roles=["worst1"])
+    ).set_index("method")
     assert table.at["CE+bias", "recall_mean"] == pytest.approx(2 / 3) and table.at["CE+bias", "n_seeds"] == 2

@@ -59,12 +59,37 @@ loader per source and the parallel image decoding) and :mod:`camri.data.sources`
 the network probe, how to get each set). The public names are exported here.
 """
 
-from camri.data.api import (AWA2_DEFAULT_SIZE, GTSRB_DEFAULT_SIZE, NAMES, add_cli, check_available, describe, load,
-                            resolve_data_dir)
+from camri.data.api import (
+    AWA2_DEFAULT_SIZE,
+    GTSRB_DEFAULT_SIZE,
+    NAMES,
+    add_cli,
+    check_available,
+    describe,
+    load,
+    resolve_data_dir,
+)
 from camri.data.dataset import DataError, DataSet, augment_batch, to_float
 from camri.data.loaders import AWA2_TEST_FRACTION, DIGITS_TEST_FRACTION, GTSRB_CLASSES, SPLIT_SEED
 from camri.data.sources import AWA2_URL, PROBE_TIMEOUT_S
 
-__all__ = ["AWA2_DEFAULT_SIZE", "AWA2_TEST_FRACTION", "AWA2_URL", "DIGITS_TEST_FRACTION", "GTSRB_CLASSES",
-           "GTSRB_DEFAULT_SIZE", "NAMES", "PROBE_TIMEOUT_S", "SPLIT_SEED", "DataError", "DataSet", "add_cli",
-           "augment_batch", "check_available", "describe", "load", "resolve_data_dir", "to_float"]
+__all__ = [
+    "AWA2_DEFAULT_SIZE",
+    "AWA2_TEST_FRACTION",
+    "AWA2_URL",
+    "DIGITS_TEST_FRACTION",
+    "GTSRB_CLASSES",
+    "GTSRB_DEFAULT_SIZE",
+    "NAMES",
+    "PROBE_TIMEOUT_S",
+    "SPLIT_SEED",
+    "DataError",
+    "DataSet",
+    "add_cli",
+    "augment_batch",
+    "check_available",
+    "describe",
+    "load",
+    "resolve_data_dir",
+    "to_float",
+]

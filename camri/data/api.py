@@ -30,6 +30,7 @@ _CACHE_FORMAT = 1
 
 # ---- public API ---------------------------------------------------------------------------------------
 
+
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The data directory: ``data_dir``, else ``$CAMRI_DATA_DIR``, else ``<repo>/data``, else ``./data``.
 
@@ -48,8 +49,9 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return Path.cwd() / "data"
 
 
-def load(name: str, *, data_dir: str | os.PathLike | None = None, download: bool = True,
-         image_size: int | None = None) -> DataSet:
+def load(
+    name: str, *, data_dir: str | os.PathLike | None = None, download: bool = True, image_size: int | None = None
+) -> DataSet:
     """Load data set ``name`` (see the module docstring) from the cache, or build the cache first.
 
     ``image_size``: side length of the square images to produce; None keeps the native size (GTSRB: 32,
@@ -67,16 +69,19 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, download: bool
         _write_cache(cache, dataset)
     except OSError as error:
         # The cache only saves time; a read-only data directory must not stop a run.
-        warnings.warn(f"camri: could not write the cache {cache} ({error}); the data set will be read again "
-                      f"next time", stacklevel=2)
+        warnings.warn(
+            f"camri: could not write the cache {cache} ({error}); the data set will be read again next time",
+            stacklevel=2,
+        )
     else:
         if canonical.startswith("imagefolder:"):
             _remove_stale_imagefolder_caches(cache)
     return dataset
 
 
-def check_available(name: str, data_dir: str | os.PathLike | None = None, download: bool = True, *,
-                    image_size: int | None = None) -> None:
+def check_available(
+    name: str, data_dir: str | os.PathLike | None = None, download: bool = True, *, image_size: int | None = None
+) -> None:
     """Raise :class:`DataError` unless ``load(name, ...)`` can get the data, without loading it.
 
     Cheap: looks for the cache file of (name, image_size) and for the raw files; for an absent torchvision
@@ -109,29 +114,45 @@ def describe(data_dir: str | os.PathLike | None = None) -> list[dict]:
             found, where = "raw", raw_location(name, root)
         else:
             found, where = "absent", raw_location(name, root)
-        rows.append({"name": name, "classes": _NUM_CLASSES[name], "found": found, "where": where,
-                     "get": how_to_get(name, root)})
+        rows.append(
+            {"name": name, "classes": _NUM_CLASSES[name], "found": found, "where": where, "get": how_to_get(name, root)}
+        )
     return rows
 
 
 def add_cli(subparsers) -> None:
     """Register ``camri data [NAME] [--data-dir DIR] [--image-size N] [--no-download]``."""
     parser = subparsers.add_parser(
-        "data", help="list the data sets, or download / import one into the cache",
+        "data",
+        help="list the data sets, or download / import one into the cache",
         description="Without NAME: list the data sets and where each is found. With NAME: download or import "
-                    "it into <data dir>/cache and print where it is.")
-    parser.add_argument("name", nargs="?", metavar="NAME",
-                        help=f"one of {', '.join(NAMES)}, or imagefolder:PATH (a folder or .zip laid out "
-                             f"train|test/<class>/<image>)")
-    parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="data directory (default: $CAMRI_DATA_DIR, else <repo>/data, else ./data)")
-    parser.add_argument("--image-size", type=int, default=None, metavar="N",
-                        help="side length of the stored images (default: native; GTSRB 32, AwA2 64)")
+        "it into <data dir>/cache and print where it is.",
+    )
+    parser.add_argument(
+        "name",
+        nargs="?",
+        metavar="NAME",
+        help=f"one of {', '.join(NAMES)}, or imagefolder:PATH (a folder or .zip laid out train|test/<class>/<image>)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="data directory (default: $CAMRI_DATA_DIR, else <repo>/data, else ./data)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="side length of the stored images (default: native; GTSRB 32, AwA2 64)",
+    )
     parser.add_argument("--no-download", action="store_true", help="use local files only")
     parser.set_defaults(func=_cli_data)
 
 
 # ---- planning: name → cache file and builder ---------------------------------------------------------
+
 
 def _plan(name: str, root: Path, image_size: int | None) -> tuple[str, Path, Callable[[bool], DataSet]]:
     """Canonical name, cache file and ``build(download) -> DataSet`` for one request."""
@@ -140,7 +161,7 @@ def _plan(name: str, root: Path, image_size: int | None) -> tuple[str, Path, Cal
             raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
         image_size = int(image_size)  # numpy integers from configs would otherwise leak into file names
     if name.startswith("imagefolder:"):
-        return _plan_imagefolder(name[len("imagefolder:"):], root, image_size)
+        return _plan_imagefolder(name[len("imagefolder:") :], root, image_size)
     canonical = name.strip().lower()
     if canonical not in NAMES:
         raise DataError(f"unknown data set {name!r}: choose one of {', '.join(NAMES)}, or imagefolder:PATH")
@@ -163,11 +184,15 @@ def _plan_imagefolder(path: str, root: Path, size: int | None):
     source = Path(path).expanduser().resolve()
     name = f"imagefolder:{source}"
     if not source.exists():
-        raise DataError(f"{name}: no such folder or zip file. Give the path of a folder or .zip laid out "
-                        f"train/<class>/<image> and test/<class>/<image>.")
+        raise DataError(
+            f"{name}: no such folder or zip file. Give the path of a folder or .zip laid out "
+            f"train/<class>/<image> and test/<class>/<image>."
+        )
     if source.is_file() and not zipfile.is_zipfile(source):
-        raise DataError(f"{name}: not a zip archive (corrupt or truncated?). Copy or download it again, or "
-                        f"unpack it and give the folder instead.")
+        raise DataError(
+            f"{name}: not a zip archive (corrupt or truncated?). Copy or download it again, or "
+            f"unpack it and give the folder instead."
+        )
     # The path hash groups all caches of one source (stale ones are removed); the fingerprint changes
     # whenever the source does, so an edited source is read again.
     path_hash = hashlib.sha256(str(source).encode()).hexdigest()[:10]
@@ -194,6 +219,7 @@ def _fingerprint(source: Path) -> str:
 
 # ---- cache ----------------------------------------------------------------------------------------------
 
+
 def _cache_path(root: Path, key: str) -> Path:
     return root / "cache" / f"{key}.pt"
 
@@ -206,20 +232,34 @@ def _read_cache(path: Path) -> DataSet | None:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob.get("format") != _CACHE_FORMAT:
             raise ValueError(f"cache format {blob.get('format')!r}, expected {_CACHE_FORMAT}")
-        dataset = DataSet(blob["name"], blob["x_train"], blob["y_train"], blob["x_test"], blob["y_test"],
-                          list(blob["classes"]))
+        dataset = DataSet(
+            blob["name"], blob["x_train"], blob["y_train"], blob["x_test"], blob["y_test"], list(blob["classes"])
+        )
         _validate(dataset)
         return dataset
     except Exception as error:  # any unreadable cache is rebuilt from the source
-        warnings.warn(f"camri: ignoring unreadable cache {path} ({type(error).__name__}: {error}); rebuilding it",
-                      stacklevel=3)
+        warnings.warn(
+            f"camri: ignoring unreadable cache {path} ({type(error).__name__}: {error}); rebuilding it", stacklevel=3
+        )
         return None
 
 
 def _write_cache(path: Path, dataset: DataSet) -> None:
-    atomic_write(path, lambda f: torch.save(
-        {"format": _CACHE_FORMAT, "name": dataset.name, "x_train": dataset.x_train, "y_train": dataset.y_train,
-         "x_test": dataset.x_test, "y_test": dataset.y_test, "classes": list(dataset.classes)}, f))
+    atomic_write(
+        path,
+        lambda f: torch.save(
+            {
+                "format": _CACHE_FORMAT,
+                "name": dataset.name,
+                "x_train": dataset.x_train,
+                "y_train": dataset.y_train,
+                "x_test": dataset.x_test,
+                "y_test": dataset.y_test,
+                "classes": list(dataset.classes),
+            },
+            f,
+        ),
+    )
 
 
 def _remove_stale_imagefolder_caches(current: Path) -> None:
@@ -235,8 +275,9 @@ def _validate(dataset: DataSet) -> None:
     for split in ("train", "test"):
         x, y = getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
         if x.dtype != torch.uint8 or x.ndim != 4 or y.dtype != torch.int64 or y.ndim != 1 or len(x) != len(y):
-            raise ValueError(f"{split} split has images {x.dtype} {tuple(x.shape)} and labels "
-                             f"{y.dtype} {tuple(y.shape)}")
+            raise ValueError(
+                f"{split} split has images {x.dtype} {tuple(x.shape)} and labels {y.dtype} {tuple(y.shape)}"
+            )
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(dataset.classes)):
             raise ValueError(f"{split} labels outside 0..{len(dataset.classes) - 1}")
     if dataset.x_train.shape[1:] != dataset.x_test.shape[1:]:
@@ -244,6 +285,7 @@ def _validate(dataset: DataSet) -> None:
 
 
 # ---- command line ----------------------------------------------------------------------------------------
+
 
 def _cli_data(args) -> int:
     if args.name is None:
@@ -262,7 +304,9 @@ def _cli_data(args) -> int:
     dataset = load(args.name, data_dir=args.data_dir, download=not args.no_download, image_size=args.image_size)
     _, cache, _ = _plan(args.name, resolve_data_dir(args.data_dir), args.image_size)
     c, h, w = dataset.image_shape
-    print(f"{dataset.name}: {len(dataset.y_train)} train / {len(dataset.y_test)} test images, {c}x{h}x{w}, "
-          f"{dataset.num_classes} classes")
+    print(
+        f"{dataset.name}: {len(dataset.y_train)} train / {len(dataset.y_test)} test images, {c}x{h}x{w}, "
+        f"{dataset.num_classes} classes"
+    )
     print(f"cached at {cache}" if cache.is_file() else "not cached (the cache could not be written)")
     return 0

@@ -47,8 +47,10 @@ class DataSet:
 
     def __repr__(self) -> str:
         # The default dataclass repr would print every pixel.
-        return (f"DataSet(name={self.name!r}, train={len(self.y_train)}, val={len(self.y_val)}, "
-                f"test={len(self.y_test)}, image_shape={self.image_shape}, num_classes={self.num_classes})")
+        return (
+            f"DataSet(name={self.name!r}, train={len(self.y_train)}, val={len(self.y_val)}, "
+            f"test={len(self.y_test)}, image_shape={self.image_shape}, num_classes={self.num_classes})"
+        )
 
     def with_validation(self, fraction: float, seed: int = 0) -> DataSet:
         """This data set with a stratified ``fraction`` of its training images moved to the validation split.
@@ -64,24 +66,30 @@ class DataSet:
         if len(self.y_val):
             raise ValueError(f"{self.name} already has a validation split of {len(self.y_val)} images")
         train, val = stratified_split(self.y_train.numpy(), fraction, seed, what=f"{self.name}'s training set")
-        return replace(self, x_train=self.x_train[train], y_train=self.y_train[train],
-                       x_val=self.x_train[val], y_val=self.y_train[val])
+        return replace(
+            self,
+            x_train=self.x_train[train],
+            y_train=self.y_train[train],
+            x_val=self.x_train[val],
+            y_val=self.y_train[val],
+        )
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int, *,
-                     what: str = "the data") -> tuple[torch.Tensor, torch.Tensor]:
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int, *, what: str = "the data"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (kept, held out) of a deterministic stratified split holding out ``fraction`` of ``labels``,
     each sorted so the splits keep the source order (scikit-learn's ``train_test_split``)."""
     from sklearn.model_selection import train_test_split
 
     try:
-        kept, held = train_test_split(np.arange(len(labels)), test_size=fraction, random_state=seed,
-                                      stratify=labels)
+        kept, held = train_test_split(np.arange(len(labels)), test_size=fraction, random_state=seed, stratify=labels)
     except ValueError as error:  # e.g. a class with a single image cannot be split in a stratified way
-        raise ValueError(f"cannot split {fraction:g} of {what} off in a stratified way ({error}); "
-                         "use a larger data set or another fraction (validation_fraction: 0 turns it off)") from None
+        raise ValueError(
+            f"cannot split {fraction:g} of {what} off in a stratified way ({error}); "
+            "use a larger data set or another fraction (validation_fraction: 0 turns it off)"
+        ) from None
     return torch.from_numpy(np.sort(kept)), torch.from_numpy(np.sort(held))
-
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -92,8 +100,9 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32).div_(255.0)
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool = True,
-                  padding_mode: str = "constant") -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool = True, padding_mode: str = "constant"
+) -> torch.Tensor:
     """Random crop + horizontal flip of a whole float batch N×C×H×W, with tensor ops only.
 
     Each image is padded by ``pad`` pixels on every side (``padding_mode="constant"``: zeros, the usual

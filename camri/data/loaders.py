@@ -29,22 +29,54 @@ _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 # GTSRB ships class ids only (folders 00000..00042); these are the signs they stand for.
 GTSRB_CLASSES = [
-    "Speed limit (20km/h)", "Speed limit (30km/h)", "Speed limit (50km/h)", "Speed limit (60km/h)",
-    "Speed limit (70km/h)", "Speed limit (80km/h)", "End of speed limit (80km/h)", "Speed limit (100km/h)",
-    "Speed limit (120km/h)", "No passing", "No passing for vehicles over 3.5 metric tons",
-    "Right-of-way at the next intersection", "Priority road", "Yield", "Stop", "No vehicles",
-    "Vehicles over 3.5 metric tons prohibited", "No entry", "General caution", "Dangerous curve to the left",
-    "Dangerous curve to the right", "Double curve", "Bumpy road", "Slippery road",
-    "Road narrows on the right", "Road work", "Traffic signals", "Pedestrians", "Children crossing",
-    "Bicycles crossing", "Beware of ice/snow", "Wild animals crossing", "End of all speed and passing limits",
-    "Turn right ahead", "Turn left ahead", "Ahead only", "Go straight or right", "Go straight or left",
-    "Keep right", "Keep left", "Roundabout mandatory", "End of no passing",
+    "Speed limit (20km/h)",
+    "Speed limit (30km/h)",
+    "Speed limit (50km/h)",
+    "Speed limit (60km/h)",
+    "Speed limit (70km/h)",
+    "Speed limit (80km/h)",
+    "End of speed limit (80km/h)",
+    "Speed limit (100km/h)",
+    "Speed limit (120km/h)",
+    "No passing",
+    "No passing for vehicles over 3.5 metric tons",
+    "Right-of-way at the next intersection",
+    "Priority road",
+    "Yield",
+    "Stop",
+    "No vehicles",
+    "Vehicles over 3.5 metric tons prohibited",
+    "No entry",
+    "General caution",
+    "Dangerous curve to the left",
+    "Dangerous curve to the right",
+    "Double curve",
+    "Bumpy road",
+    "Slippery road",
+    "Road narrows on the right",
+    "Road work",
+    "Traffic signals",
+    "Pedestrians",
+    "Children crossing",
+    "Bicycles crossing",
+    "Beware of ice/snow",
+    "Wild animals crossing",
+    "End of all speed and passing limits",
+    "Turn right ahead",
+    "Turn left ahead",
+    "Ahead only",
+    "Go straight or right",
+    "Go straight or left",
+    "Keep right",
+    "Keep left",
+    "Roundabout mandatory",
+    "End of no passing",
     "End of no passing by vehicles over 3.5 metric tons",
 ]
 
 
-
 # ---- digits and torchvision's sets ----------------------------------------------------------------------
+
 
 def load_digits() -> DataSet:
     from sklearn.datasets import load_digits  # imported here: scikit-learn takes a second to import
@@ -92,18 +124,23 @@ def _load_gtsrb(root: Path, download: bool, size: int) -> DataSet:
 
     tensors = []
     for split in ("train", "test"):
-        ds = GTSRB(str(root), split=split, download=download,
-                   transform=lambda img: _fit(img, "RGB", (size, size)))
+        ds = GTSRB(str(root), split=split, download=download, transform=lambda img: _fit(img, "RGB", (size, size)))
         labels = np.empty(len(ds), dtype=np.int64)
 
         def read(i: int, ds=ds, labels=labels) -> np.ndarray:
             image, labels[i] = ds[i]
             return image
 
-        x = _decode_all(len(ds), read, (size, size, 3),
-                        lambda i, s=split: f"gtsrb: {s} image #{i} under {root / 'gtsrb'} cannot be read; delete "
-                                           f"that folder and run `camri data gtsrb --data-dir {root}` again",
-                        f"gtsrb {split}")
+        x = _decode_all(
+            len(ds),
+            read,
+            (size, size, 3),
+            lambda i, s=split: (
+                f"gtsrb: {s} image #{i} under {root / 'gtsrb'} cannot be read; delete "
+                f"that folder and run `camri data gtsrb --data-dir {root}` again"
+            ),
+            f"gtsrb {split}",
+        )
         tensors += [x, torch.from_numpy(labels)]
     return DataSet("gtsrb", *tensors, list(GTSRB_CLASSES))
 
@@ -115,15 +152,23 @@ def resized(dataset: DataSet, size: int | None) -> DataSet:
 
     def resize(x: torch.Tensor) -> torch.Tensor:
         # In chunks: a float copy of all of CIFAR-10 at 64×64 would take 2.4 GB.
-        return torch.cat([F.interpolate(part.float(), size=(size, size), mode="bilinear", antialias=True,
-                                        align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
-                          for part in x.split(4096)])
+        return torch.cat(
+            [
+                F.interpolate(part.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                .round_()
+                .clamp_(0, 255)
+                .to(torch.uint8)
+                for part in x.split(4096)
+            ]
+        )
 
-    return DataSet(dataset.name, resize(dataset.x_train), dataset.y_train, resize(dataset.x_test),
-                   dataset.y_test, dataset.classes)
+    return DataSet(
+        dataset.name, resize(dataset.x_train), dataset.y_train, resize(dataset.x_test), dataset.y_test, dataset.classes
+    )
 
 
 # ---- AwA2 ---------------------------------------------------------------------------------------------
+
 
 def load_awa2(root: Path, size: int) -> DataSet:
     base = root / "Animals_with_Attributes2"
@@ -136,26 +181,33 @@ def load_awa2(root: Path, size: int) -> DataSet:
         # Lines are "<number>\t<class>"; their order is the official label order.
         listed = [line.split()[-1] for line in (base / "classes.txt").read_text().splitlines() if line.strip()]
         if sorted(listed) != folders:
-            raise DataError(f"awa2: {base / 'classes.txt'} lists other classes than the folders in {images} "
-                            f"(only in classes.txt: {sorted(set(listed) - set(folders))}; only folders: "
-                            f"{sorted(set(folders) - set(listed))}). Unpack AwA2-data.zip from {AWA2_URL} again.")
+            raise DataError(
+                f"awa2: {base / 'classes.txt'} lists other classes than the folders in {images} "
+                f"(only in classes.txt: {sorted(set(listed) - set(folders))}; only folders: "
+                f"{sorted(set(folders) - set(listed))}). Unpack AwA2-data.zip from {AWA2_URL} again."
+            )
         classes = listed
     files, labels = [], []
     for label, cls in enumerate(classes):
         members = sorted(p for p in (images / cls).iterdir() if p.is_file() and not _ignored(p.name))
         if not members:
-            raise DataError(f"awa2: class folder {images / cls} is empty. Unpack AwA2-data.zip from {AWA2_URL} "
-                            f"again.")
+            raise DataError(f"awa2: class folder {images / cls} is empty. Unpack AwA2-data.zip from {AWA2_URL} again.")
         files += members
         labels += [label] * len(members)
     y = torch.tensor(labels, dtype=torch.int64)
     train, test = stratified_split(np.asarray(labels), AWA2_TEST_FRACTION, SPLIT_SEED)
-    x = _decode_all(len(files), lambda i: _read_image(files[i], "RGB", (size, size)), (size, size, 3),
-                    lambda i: f"awa2: {files[i]}", "awa2")
+    x = _decode_all(
+        len(files),
+        lambda i: _read_image(files[i], "RGB", (size, size)),
+        (size, size, 3),
+        lambda i: f"awa2: {files[i]}",
+        "awa2",
+    )
     return DataSet("awa2", x[train], y[train], x[test], y[test], classes)
 
 
 # ---- imagefolder ----------------------------------------------------------------------------------------
+
 
 def load_imagefolder(source: Path, name: str, image_size: int | None) -> DataSet:
     if source.is_dir():
@@ -181,11 +233,14 @@ def load_imagefolder(source: Path, name: str, image_size: int | None) -> DataSet
         return _build_imagefolder(name, source, archive.namelist(), read_member, image_size)
 
 
-def _build_imagefolder(name: str, source: Path, entries: Iterable[str], opener: Callable[[str], io.IOBase],
-                       image_size: int | None) -> DataSet:
+def _build_imagefolder(
+    name: str, source: Path, entries: Iterable[str], opener: Callable[[str], io.IOBase], image_size: int | None
+) -> DataSet:
     """Check the ``<split>/<class>/<image>`` layout of ``entries`` (paths, folders ending in "/"), decode."""
-    layout = ("Lay it out as train/<class>/<image> and test/<class>/<image> (optionally inside one top "
-              "folder), with the same class folders in both splits.")
+    layout = (
+        "Lay it out as train/<class>/<image> and test/<class>/<image> (optionally inside one top "
+        "folder), with the same class folders in both splits."
+    )
     files, folders = set(), set()
     for entry in entries:
         parts = [p for p in entry.split("/") if p]
@@ -198,37 +253,47 @@ def _build_imagefolder(name: str, source: Path, entries: Iterable[str], opener: 
     prefix = ""
     if top.isdisjoint({"train", "test"}) and len(top) == 1 and top <= folders:
         prefix = top.pop() + "/"
-        top = {p[len(prefix):].split("/")[0] for p in files | folders if p.startswith(prefix)}
+        top = {p[len(prefix) :].split("/")[0] for p in files | folders if p.startswith(prefix)}
     missing = [s for s in ("train", "test") if s not in top]
     if missing:
-        raise DataError(f"{name}: no {' and no '.join(s + '/' for s in missing)} folder in {source}"
-                        f"{' under ' + prefix if prefix else ''} (found: {', '.join(sorted(top)) or 'nothing'}). "
-                        f"{layout}")
+        raise DataError(
+            f"{name}: no {' and no '.join(s + '/' for s in missing)} folder in {source}"
+            f"{' under ' + prefix if prefix else ''} (found: {', '.join(sorted(top)) or 'nothing'}). "
+            f"{layout}"
+        )
 
     split_classes: dict[str, set[str]] = {}
     members: dict[tuple[str, str], list[str]] = {}
     for split in ("train", "test"):
         base = prefix + split + "/"
-        split_classes[split] = {p[len(base):].split("/")[0] for p in folders if p.startswith(base)}
+        split_classes[split] = {p[len(base) :].split("/")[0] for p in folders if p.startswith(base)}
         for f in sorted(p for p in files if p.startswith(base)):
-            rest = f[len(base):]
+            rest = f[len(base) :]
             if "/" not in rest:
                 raise DataError(f"{name}: {f} is not inside a class folder. {layout}")
             members.setdefault((split, rest.split("/")[0]), []).append(f)
     if split_classes["train"] != split_classes["test"]:
         only_train = sorted(split_classes["train"] - split_classes["test"])
         only_test = sorted(split_classes["test"] - split_classes["train"])
-        raise DataError(f"{name}: the splits have different classes in {source} (only in train/: {only_train}; "
-                        f"only in test/: {only_test}). {layout}")
+        raise DataError(
+            f"{name}: the splits have different classes in {source} (only in train/: {only_train}; "
+            f"only in test/: {only_test}). {layout}"
+        )
     classes = sorted(split_classes["train"])
     for split in ("train", "test"):
         for cls in classes:
             if not members.get((split, cls)):
-                raise DataError(f"{name}: class folder {prefix}{split}/{cls}/ in {source} has no images. "
-                                f"Add images or remove the class from both splits.")
+                raise DataError(
+                    f"{name}: class folder {prefix}{split}/{cls}/ in {source} has no images. "
+                    f"Add images or remove the class from both splits."
+                )
 
-    items = [(split, label, f) for split in ("train", "test") for label, cls in enumerate(classes)
-             for f in members[(split, cls)]]
+    items = [
+        (split, label, f)
+        for split in ("train", "test")
+        for label, cls in enumerate(classes)
+        for f in members[(split, cls)]
+    ]
 
     def what(i: int) -> str:
         return f"{name}: {items[i][2]} cannot be read as an image; replace or delete it"
@@ -263,6 +328,7 @@ def _ignored(part: str) -> bool:
 
 # ---- decoding ----------------------------------------------------------------------------------------------
 
+
 def _fit(img: Image.Image, mode: str, size: tuple[int, int]) -> np.ndarray:
     """A PIL image in ``mode`` at ``size`` (W, H) as an H×W×C uint8 array (bilinear resize if needed)."""
     if img.mode != mode:
@@ -294,6 +360,7 @@ def _run_parallel(count: int, fn: Callable[[int], None], what: Callable[[int], s
     Threads suffice because Pillow releases the GIL while decoding and resizing. The first failure cancels
     the rest and is raised as a DataError described by ``what(i)``.
     """
+
     def run(chunk: range) -> int:
         for i in chunk:
             try:
@@ -315,8 +382,13 @@ def _run_parallel(count: int, fn: Callable[[int], None], what: Callable[[int], s
                 future.cancel()
 
 
-def _decode_all(count: int, read: Callable[[int], np.ndarray], shape_hwc: tuple[int, int, int],
-                what: Callable[[int], str], desc: str) -> torch.Tensor:
+def _decode_all(
+    count: int,
+    read: Callable[[int], np.ndarray],
+    shape_hwc: tuple[int, int, int],
+    what: Callable[[int], str],
+    desc: str,
+) -> torch.Tensor:
     """Fill an N×H×W×C uint8 array with ``read(i)`` in parallel; return it as an N×C×H×W tensor."""
     out = np.empty((count, *shape_hwc), dtype=np.uint8)
 

@@ -15,11 +15,24 @@ from camri.data.dataset import DataError
 AWA2_URL = "https://cvml.ist.ac.at/AwA2/"
 PROBE_TIMEOUT_S = 3.0
 
-_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                "t10k-labels-idx1-ubyte")
-_CIFAR_FILES = tuple(f"cifar-10-batches-py/{f}" for f in
-                     ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
-                      "test_batch", "batches.meta"))
+_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+_CIFAR_FILES = tuple(
+    f"cifar-10-batches-py/{f}"
+    for f in (
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+        "batches.meta",
+    )
+)
 _GTSRB_URL = "https://sid.erda.dk/public/archives/daaeac0d7ce1152aea9b61d9f1e19370/"
 
 
@@ -29,25 +42,31 @@ class _Source:
 
     unpacked: tuple[str, ...]  # paths under root that torchvision reads
     archives: tuple[str, ...]  # downloaded archives under root; torchvision unpacks them without network
-    urls: tuple[str, ...]      # the archives' addresses, same order
+    urls: tuple[str, ...]  # the archives' addresses, same order
 
 
 _SOURCES = {
     "mnist": _Source(
         tuple(f"MNIST/raw/{f}" for f in _MNIST_FILES),
         tuple(f"MNIST/raw/{f}.gz" for f in _MNIST_FILES),
-        tuple(f"https://ossci-datasets.s3.amazonaws.com/mnist/{f}.gz" for f in _MNIST_FILES)),
+        tuple(f"https://ossci-datasets.s3.amazonaws.com/mnist/{f}.gz" for f in _MNIST_FILES),
+    ),
     "fashion-mnist": _Source(
         tuple(f"FashionMNIST/raw/{f}" for f in _MNIST_FILES),
         tuple(f"FashionMNIST/raw/{f}.gz" for f in _MNIST_FILES),
-        tuple(f"http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/{f}.gz" for f in _MNIST_FILES)),
+        tuple(f"http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/{f}.gz" for f in _MNIST_FILES),
+    ),
     "cifar10": _Source(
-        _CIFAR_FILES, ("cifar-10-python.tar.gz",), ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",)),
+        _CIFAR_FILES, ("cifar-10-python.tar.gz",), ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",)
+    ),
     "gtsrb": _Source(
         ("gtsrb/GTSRB/Training", "gtsrb/GTSRB/Final_Test/Images", "gtsrb/GT-final_test.csv"),
         ("gtsrb/GTSRB-Training_fixed.zip", "gtsrb/GTSRB_Final_Test_Images.zip", "gtsrb/GTSRB_Final_Test_GT.zip"),
-        tuple(_GTSRB_URL + f for f in
-              ("GTSRB-Training_fixed.zip", "GTSRB_Final_Test_Images.zip", "GTSRB_Final_Test_GT.zip"))),
+        tuple(
+            _GTSRB_URL + f
+            for f in ("GTSRB-Training_fixed.zip", "GTSRB_Final_Test_Images.zip", "GTSRB_Final_Test_GT.zip")
+        ),
+    ),
 }
 
 
@@ -58,8 +77,7 @@ def raw_present(name: str, root: Path) -> bool:
     if name == "awa2":
         return (root / "Animals_with_Attributes2" / "JPEGImages").is_dir()
     source = _SOURCES[name]
-    return (all((root / p).exists() for p in source.unpacked)
-            or all((root / p).exists() for p in source.archives))
+    return all((root / p).exists() for p in source.unpacked) or all((root / p).exists() for p in source.archives)
 
 
 def raw_location(name: str, root: Path) -> str:
@@ -89,8 +107,9 @@ def probe(name: str, root: Path) -> None:
     if any(s in urllib.request.getproxies() for s in schemes):
         return  # behind a proxy a direct connection proves nothing; let torchvision try
     errors = []
-    for host, port in dict.fromkeys((_host(u), urlsplit(u).port or (443 if urlsplit(u).scheme == "https" else 80))
-                                    for u in urls):
+    for host, port in dict.fromkeys(
+        (_host(u), urlsplit(u).port or (443 if urlsplit(u).scheme == "https" else 80)) for u in urls
+    ):
         outcome: list[BaseException | None] = []
 
         def attempt(host=host, port=port, outcome=outcome) -> None:
@@ -113,18 +132,22 @@ def probe(name: str, root: Path) -> None:
 def absent_message(name: str, root: Path, reason: str) -> str:
     source = _SOURCES[name]
     archives = "\n".join(f"    {url}  ->  {root / path}" for url, path in zip(source.urls, source.archives))
-    return (f"data set {name!r} is not available from {root}: {reason}.\n"
-            f"Looked under {root} for {', '.join(source.unpacked)} (torchvision's layout) and for the archives "
-            f"below.\n"
-            f"Fix, with internet:  camri data {name} --data-dir {root}\n"
-            f"or download these by hand and put them there (they are unpacked on first use when downloads are "
-            f"allowed, or unpack them yourself):\n{archives}")
+    return (
+        f"data set {name!r} is not available from {root}: {reason}.\n"
+        f"Looked under {root} for {', '.join(source.unpacked)} (torchvision's layout) and for the archives "
+        f"below.\n"
+        f"Fix, with internet:  camri data {name} --data-dir {root}\n"
+        f"or download these by hand and put them there (they are unpacked on first use when downloads are "
+        f"allowed, or unpack them yourself):\n{archives}"
+    )
 
 
 def awa2_missing_message(root: Path) -> str:
-    return (f"data set 'awa2' (Animals with Attributes 2) is not in {root}: "
-            f"{root / 'Animals_with_Attributes2' / 'JPEGImages'} does not exist. It cannot be downloaded "
-            f"automatically (about 13 GB). Download AwA2-data.zip from {AWA2_URL} and run\n"
-            f"    unzip AwA2-data.zip -d {root}\n"
-            f"so that the images are at {root}/Animals_with_Attributes2/JPEGImages/<class>/<image>.jpg "
-            f"(and the class order at {root}/Animals_with_Attributes2/classes.txt).")
+    return (
+        f"data set 'awa2' (Animals with Attributes 2) is not in {root}: "
+        f"{root / 'Animals_with_Attributes2' / 'JPEGImages'} does not exist. It cannot be downloaded "
+        f"automatically (about 13 GB). Download AwA2-data.zip from {AWA2_URL} and run\n"
+        f"    unzip AwA2-data.zip -d {root}\n"
+        f"so that the images are at {root}/Animals_with_Attributes2/JPEGImages/<class>/<image>.jpg "
+        f"(and the class order at {root}/Animals_with_Attributes2/classes.txt)."
+    )

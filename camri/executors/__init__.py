@@ -94,21 +94,32 @@ def execute_spec(spec, lock: RunLock | None = None) -> str:
     if lock is None:
         lock = RunLock(spec.out_dir)
         if not lock.acquire():
-            print(f"camri grid: {spec.key} is being trained by another process ({lock_holder(spec.out_dir)}); "
-                  "leaving it to that one", file=sys.stderr, flush=True)
+            print(
+                f"camri grid: {spec.key} is being trained by another process ({lock_holder(spec.out_dir)}); "
+                "leaving it to that one",
+                file=sys.stderr,
+                flush=True,
+            )
             return "busy"
     saved_tqdm = camri_train.tqdm
     try:
         stamp = datetime.datetime.now().isoformat(timespec="seconds")
         gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
-        print(f"== camri grid: {spec.key} on {socket.gethostname()}, pid {os.getpid()}, {stamp}"
-              + (f", CUDA_VISIBLE_DEVICES={gpus}" if gpus is not None else ""), file=sys.stderr, flush=True)
+        print(
+            f"== camri grid: {spec.key} on {socket.gethostname()}, pid {os.getpid()}, {stamp}"
+            + (f", CUDA_VISIBLE_DEVICES={gpus}" if gpus is not None else ""),
+            file=sys.stderr,
+            flush=True,
+        )
         camri_train.tqdm = _NoBarTqdm  # this process does nothing else; see _NoBarTqdm
         wall, cpu = time.perf_counter(), time.process_time()
         summary = camri_train.train(spec.config, spec.out_dir)
-        print(f"== camri grid: {spec.key} done: accuracy {summary['accuracy']:.4f}, "
-              f"{time.perf_counter() - wall:.1f} s wall, {time.process_time() - cpu:.1f} s CPU",
-              file=sys.stderr, flush=True)
+        print(
+            f"== camri grid: {spec.key} done: accuracy {summary['accuracy']:.4f}, "
+            f"{time.perf_counter() - wall:.1f} s wall, {time.process_time() - cpu:.1f} s CPU",
+            file=sys.stderr,
+            flush=True,
+        )
         return "done"
     finally:
         camri_train.tqdm = saved_tqdm

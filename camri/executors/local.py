@@ -142,8 +142,9 @@ def _fork_context():
     return context
 
 
-def run_local(specs: list, workers: int | None = None, workers_per_gpu: int = 1,
-              bar: tqdm | None = None) -> dict[str, str]:
+def run_local(
+    specs: list, workers: int | None = None, workers_per_gpu: int = 1, bar: tqdm | None = None
+) -> dict[str, str]:
     """Run ``specs`` (``camri.sweep.RunSpec`` s) in worker processes, at most len(slots) at a time.
     Returns {key: done|failed|busy}."""
     device = specs[0].config.device if specs else "auto"
@@ -174,8 +175,9 @@ def run_local(specs: list, workers: int | None = None, workers_per_gpu: int = 1,
                     finish(spec, "busy")
                     continue
                 spec.out_dir.mkdir(parents=True, exist_ok=True)
-                process = context.Process(target=_worker, args=(spec.to_json(), slots[slot], threads),
-                                          name=f"camri-grid {spec.key}")
+                process = context.Process(
+                    target=_worker, args=(spec.to_json(), slots[slot], threads), name=f"camri-grid {spec.key}"
+                )
                 process.start()
                 running[slot] = (process, spec)
             if not running:

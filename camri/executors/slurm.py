@@ -48,16 +48,21 @@ class GridTask(submitit.helpers.Checkpointable):
 
             torch.set_num_threads(int(threads))  # else torch counts every core of the node
         spec.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(spec.out_dir / rundir.LOG, "a", buffering=1, encoding="utf-8") as log, \
-                contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        with (
+            open(spec.out_dir / rundir.LOG, "a", buffering=1, encoding="utf-8") as log,
+            contextlib.redirect_stdout(log),
+            contextlib.redirect_stderr(log),
+        ):
             try:
                 return execute_spec(spec)
             except Exception:
                 traceback.print_exc()  # into log.txt; submitit also keeps it in its own log and result
                 raise
             except BaseException as stop:  # SystemExit when submitit requeues the job, KeyboardInterrupt
-                print(f"== camri grid: interrupted ({type(stop).__name__}); the run resumes from its checkpoint",
-                      file=sys.stderr)
+                print(
+                    f"== camri grid: interrupted ({type(stop).__name__}); the run resumes from its checkpoint",
+                    file=sys.stderr,
+                )
                 raise
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
@@ -81,14 +86,23 @@ def _record_jobs(root: Path, entries: dict) -> None:
 
 def make_submitit_executor(options: SubmititOptions, root: Path, profile_name: str):
     """A ``submitit.AutoExecutor`` writing its files to ``<profile dir>/submitit/<job id>/``."""
-    executor = submitit.AutoExecutor(folder=root / "submitit" / "%j", cluster=options.cluster,
-                                     slurm_max_num_timeout=options.max_num_timeout,
-                                     local_max_num_timeout=options.max_num_timeout)
-    parameters = dict(name=f"camri-{profile_name}", timeout_min=options.timeout_min,
-                      gpus_per_node=options.gpus_per_node, cpus_per_task=options.cpus_per_task,
-                      nodes=1, tasks_per_node=1, mem_gb=options.mem_gb,
-                      slurm_array_parallelism=options.array_parallelism,
-                      slurm_additional_parameters=dict(options.slurm_additional_parameters))
+    executor = submitit.AutoExecutor(
+        folder=root / "submitit" / "%j",
+        cluster=options.cluster,
+        slurm_max_num_timeout=options.max_num_timeout,
+        local_max_num_timeout=options.max_num_timeout,
+    )
+    parameters = dict(
+        name=f"camri-{profile_name}",
+        timeout_min=options.timeout_min,
+        gpus_per_node=options.gpus_per_node,
+        cpus_per_task=options.cpus_per_task,
+        nodes=1,
+        tasks_per_node=1,
+        mem_gb=options.mem_gb,
+        slurm_array_parallelism=options.array_parallelism,
+        slurm_additional_parameters=dict(options.slurm_additional_parameters),
+    )
     if options.partition:
         parameters["slurm_partition"] = options.partition
     if options.setup:
@@ -107,24 +121,49 @@ def submit_submitit(specs: list, options: SubmititOptions, root: Path, profile_n
     if executor.cluster == "local" and len(specs) > options.array_parallelism:
         # submitit's LocalExecutor starts every job at once: 2,000 runs would be 2,000 processes.
         found = "" if options.cluster == "local" else " (SLURM was not found here: no srun on PATH)"
-        raise ValueError(f"submitit's local cluster{found} would start all {len(specs)} runs at once, more than "
-                         f"executor.submitit.array_parallelism = {options.array_parallelism}: use "
-                         "--executor local (a pool of workers) on this machine")
+        raise ValueError(
+            f"submitit's local cluster{found} would start all {len(specs)} runs at once, more than "
+            f"executor.submitit.array_parallelism = {options.array_parallelism}: use "
+            "--executor local (a pool of workers) on this machine"
+        )
     for start in range(0, len(specs), options.max_array_size):
-        chunk = specs[start:start + options.max_array_size]
+        chunk = specs[start : start + options.max_array_size]
         jobs = executor.submit_array([GridTask(spec) for spec in chunk])
         stamp = datetime.datetime.now().isoformat(timespec="seconds")
         # Recorded per array, so an error in a later sbatch still leaves the earlier arrays known.
-        _record_jobs(root, {spec.key: {"job_id": str(job.job_id), "cluster": executor.cluster,
-                                       "folder": str(job.paths.folder), "submitted": stamp}
-                            for spec, job in zip(chunk, jobs)})
+        _record_jobs(
+            root,
+            {
+                spec.key: {
+                    "job_id": str(job.job_id),
+                    "cluster": executor.cluster,
+                    "folder": str(job.paths.folder),
+                    "submitted": stamp,
+                }
+                for spec, job in zip(chunk, jobs)
+            },
+        )
         submitted.update({spec.key: job for spec, job in zip(chunk, jobs)})
     return submitted
 
 
 # SLURM states of a job that is queued or running (anything else has ended).
-_SLURM_LIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "COMPLETING",
-               "SUSPENDED", "RESIZING", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD", "SPECIAL_EXIT", "PREEMPTED"}
+_SLURM_LIVE = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+    "STAGE_OUT",
+    "SIGNALING",
+    "RESV_DEL_HOLD",
+    "SPECIAL_EXIT",
+    "PREEMPTED",
+}
 #: A job sacct does not list yet (just submitted) counts as in flight for this long after its submission.
 _SACCT_GRACE_S = 600
 

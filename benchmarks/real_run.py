@@ -99,6 +99,10 @@ def train_command(
         "on" if channels_last else "off",
         "--out",
         str(out),
+        # The loop it is checked against trains every image and evaluates the test set only: no validation
+        # split here, so the real run does the same work.
+        "--validation-fraction",
+        "0",
     ]
     if loss in ("wce", "crwwce", "camri"):
         command += ["--important", "3"]

@@ -427,7 +427,8 @@ def test_the_real_run_parser_reads_camri_trains_own_epoch_line(tmp_path, capsys)
         TrainConfig(dataset="digits", loss="ce", epochs=1, width=0.125, z_dim=8, device="cpu"), tmp_path, dataset=digits
     )
     rates = _load("real_run").parse_epoch_rates(capsys.readouterr().err)
-    assert rates["images"] == len(digits.y_train) and rates["eval_images"] == len(digits.y_test)
+    # The run trains on what its validation split leaves; the logged evaluation is the test set's.
+    assert rates["images"] == len(digits.with_validation(0.1).y_train) and rates["eval_images"] == len(digits.y_test)
     assert rates["img_s"] > 0 and rates["eval_img_s"] > 0
     with pytest.raises(ValueError, match="no epoch line"):
         _load("real_run").parse_epoch_rates("camri train: error: something else")

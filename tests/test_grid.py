@@ -47,7 +47,7 @@ def profile(**overrides) -> profiles.Profile:
 
 
 def write_summary(spec: sweep.RunSpec, recall: list[float], accuracy: float) -> None:
-    """A finished run without training: what protocol.load_runs reads."""
+    """A finished run without training: what protocol.load_runs reads (validation metrics = test ones)."""
     spec.out_dir.mkdir(parents=True, exist_ok=True)
     summary = {
         "dataset": spec.config.dataset,
@@ -58,6 +58,7 @@ def write_summary(spec: sweep.RunSpec, recall: list[float], accuracy: float) -> 
         "config": spec.config.to_json(),
         "accuracy": accuracy,
         "recall": recall,
+        "validation": {"accuracy": accuracy, "recall": recall},
     }
     (spec.out_dir / "summary.json").write_text(json.dumps(summary))
 

@@ -125,7 +125,7 @@ def relative_variance_table(runs, selections, methods: Sequence[str] = ("CE", "A
 
 def fig3_panels(run_dirs: Mapping[str, str | os.PathLike]):
     """What Fig. 3 shows, from its finished runs ({method: run dir}, e.g. ``Study.fig3_runs()``):
-    (panels for ``plots.plot_fig3``, class names, important class indices, a table with each run's
+    (panels for ``geometry.plot_fig3``, class names, important class indices, a table with each run's
     accuracy, the important class's recall, its share of the circle and its relative angle variance)."""
     import pandas as pd
 
@@ -187,3 +187,57 @@ def seed_counts(selections) -> tuple[int, int]:
     mean ± std is a rough estimate (notebook 04 says so)."""
     counts = selections.loc[selections["selection"] == "maintaining", "n_seeds"]
     return (int(counts.min()), int(counts.max())) if len(counts) else (0, 0)
+
+
+def epoch_curves(runs, dataset: str, class_index: int):
+    """Test accuracy and important-class recall after every epoch, per setting, over seeds.
+
+    Reads each run's metrics.csv (docs/run-format.md) for the settings of ``protocol.cell_settings(runs,
+    dataset, class_index)``. One row per setting × epoch, columns: method, loss, hyperparameters, epoch, n_seeds,
+    accuracy_mean, accuracy_std, recall_mean, recall_std (std: sample, ddof = 1; NaN for one seed). With
+    short budgets a run's final epoch is one noisy sample of a fluctuating curve; the curve shows whether
+    a gap is a trend or noise.
+    """
+    import pandas as pd
+
+    from camri import protocol
+
+    settings = protocol.cell_settings(runs, dataset, class_index, split="test")  # the settings; curves are test
+    class_name = runs[runs["dataset"] == dataset]["classes"].iloc[0][class_index]
+    column = f"recall_{class_name}"
+    rows = []
+    for setting in settings.to_dict("records"):
+        frames = []
+        for path in setting["paths"]:
+            metrics = rundir.read_metrics(path)
+            if column not in metrics:
+                raise ValueError(f"{path}/metrics.csv has no column {column!r}: not a run of {dataset!r}?")
+            frames.append(metrics[["epoch", "test_accuracy", column]].rename(columns={column: "recall"}))
+        for epoch, group in pd.concat(frames).groupby("epoch", sort=True):
+            rows.append(
+                {
+                    "method": setting["method"],
+                    "loss": setting["loss"],
+                    "hyperparameters": setting["hyperparameters"],
+                    "epoch": int(epoch),
+                    "n_seeds": len(group),
+                    "accuracy_mean": group["test_accuracy"].mean(),
+                    "accuracy_std": group["test_accuracy"].std(ddof=1),
+                    "recall_mean": group["recall"].mean(),
+                    "recall_std": group["recall"].std(ddof=1),
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "method",
+            "loss",
+            "hyperparameters",
+            "epoch",
+            "n_seeds",
+            "accuracy_mean",
+            "accuracy_std",
+            "recall_mean",
+            "recall_std",
+        ],
+    )

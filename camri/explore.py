@@ -4,7 +4,7 @@ the notebook's static figures are written by its other cells as before.
 
 ``LossExplorer(margin, scale)``          Fig. 2 for the angular losses (L2-softmax, ArcFace, CAMRI): sliders
                                          for m (in units of π/64) and s move the loss contours and the
-                                         decision boundaries (``plots.plot_loss_contours``).
+                                         decision boundaries (``geometry.plot_loss_contours``).
 ``angle_runs(runs, selections, ...)``    every finished run a reader can pick for the angle histograms: one
                                          row per important class × method × setting × seed.
 ``narrow(choices, **wanted)``            resolves a (cell, method, setting, seed) choice level by level, with
@@ -27,7 +27,7 @@ import ipywidgets as widgets
 import pandas as pd
 from matplotlib.figure import Figure
 
-from camri import plots, protocol, rundir
+from camri import geometry, plots, protocol, rundir
 
 #: The losses whose margin and scale the Fig. 2 explorer moves (the linear heads have neither).
 ANGULAR_LOSSES = ("l2softmax", "arcface", "camri")
@@ -76,9 +76,9 @@ class _Explorer:
 
 
 def loss_contours_figure(margin: float, scale: float, *, losses: Sequence[str] = ANGULAR_LOSSES, **kwargs) -> Figure:
-    """``plots.plot_loss_contours`` of ``losses`` at margin ``margin`` (radians) and scale ``scale``, titled
+    """``geometry.plot_loss_contours`` of ``losses`` at margin ``margin`` (radians) and scale ``scale``, titled
     with both; ``kwargs`` go to it (target, extent, resolution, levels, weight, fp_weight)."""
-    fig = plots.plot_loss_contours(losses, margin=margin, scale=scale, **kwargs)
+    fig = geometry.plot_loss_contours(losses, margin=margin, scale=scale, **kwargs)
     fig.suptitle(f"m = {protocol.format_margin(margin)} rad, s = {scale:g}", fontsize=10)
     return fig
 

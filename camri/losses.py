@@ -144,9 +144,7 @@ def margin_target_cosine(cos_t: torch.Tensor, margin: torch.Tensor) -> torch.Ten
     """
     theta = torch.acos(cos_t.clamp(-1.0 + ACOS_EPS, 1.0 - ACOS_EPS))
     shifted = torch.where(
-        theta + margin <= math.pi,
-        torch.cos(theta + margin),
-        torch.cos(theta) - margin * torch.sin(margin),
+        theta + margin <= math.pi, torch.cos(theta + margin), torch.cos(theta) - margin * torch.sin(margin)
     )
     return torch.where(margin > 0, shifted, cos_t)
 

@@ -1,71 +1,19 @@
-"""The paper's protocol as tested code: finished runs → important classes → chosen settings → Table 1.
+"""The paper's protocol as tested code: finished runs → important classes → chosen settings (Table 1 is
+built from them in ``camri.tables``). Every step is a plain function on pandas DataFrames::
 
-Every step is a plain function on pandas DataFrames, so notebooks, profiles and the CLI compose them::
+    runs = apply_report(load_runs("results/paper/runs"))  # one row per finished run (summary.json present)
+    todo = unfinished_runs("results/paper/runs")          # started (config.json) but not finished
+    choose_important(runs, "cifar10")                     # worst1 / worst2 / median from the CE baseline
+    sel = select_all(runs, tolerance=0.005, bias=True)    # the chosen setting per dataset × role × method
+    tables.write_table1(tables.table1(sel), "results/paper")  # table1.csv (the contract), .md, .tex
+    cell_settings(runs, "cifar10", 3)                     # every setting's (recall, accuracy) point of a cell
 
-    runs = load_runs("results/paper/runs")             # one row per finished run (summary.json present)
-    todo = unfinished_runs("results/paper/runs")       # started (config.json) but not finished
-    choose_important(runs, "cifar10")                  # worst1 / worst2 / median from the CE baseline
-    sel = select_all(runs, tolerance=0.005)            # the chosen setting per dataset × role × method
-    table = table1(sel)                                # Table 1, long format, with the paper's values
-    write_table1(table, "results/paper")               # table1.csv (the contract), table1.md, table1.tex
-    cell_settings(runs, "cifar10", 3)                  # every setting's (recall, accuracy) point of a cell
-    epoch_curves(runs, "cifar10", 3)                   # the same settings, epoch by epoch (metrics.csv)
-
-API
----
-Runs
-    ``load_runs(root) -> DataFrame``: one row per directory below ``root`` that holds summary.json, sorted by
-    path. Columns: ``path``, ``dataset``, ``loss``, ``method`` (display name), ``important`` (tuple of class
-    indices), ``margin`` (tuple of radians), ``scale``, ``weight``, ``fp_weight``, ``seed``, ``classes``
-    (tuple of names), ``accuracy`` (final test accuracy), ``recall`` (list, index = class), then every
-    other config and summary field (docs/run-format.md).
-    ``unfinished_runs(root) -> DataFrame``: the same columns for directories with config.json but no
-    summary.json (accuracy and recall empty), so a notebook can say what is missing.
-Important classes
-    ``class_recalls(runs, dataset, loss="ce") -> DataFrame``: per class, recall mean / sample std over
-    seeds, sorted (rank 0 = lowest).
-    ``choose_important(runs, dataset) -> DataFrame``: rows worst1, worst2, median with class_index,
-    class_name, recall_mean, recall_std, n_seeds, rank, paper_class.
-Settings and selection
-    ``cell_settings(runs, dataset, class_index, tolerance=DEFAULT_TOLERANCE) -> DataFrame``: one row per
-    setting (method + hyperparameters) relevant to important class ``class_index``, aggregated over seeds,
-    with ``qualified`` (maintains accuracy) and the per-seed values (``seeds``, ``recalls``,
-    ``accuracies``). These rows are also the (recall, accuracy) points of a trade-off plot.
-    ``epoch_curves(runs, dataset, class_index) -> DataFrame``: the same settings' test accuracy and
-    important-class recall after every epoch (from each run's metrics.csv), mean and std over seeds.
-    ``select_settings(settings, min_seeds=1) -> DataFrame``: per method two rows, ``selection`` =
-    "maintaining" (the best qualifying setting; the best overall with qualified=False when none
-    qualifies) and "unconstrained" (the best regardless of accuracy).
-    ``select_all(runs, tolerance=DEFAULT_TOLERANCE, min_seeds=1, roles=ROLES, important=None,
-    datasets=None) -> DataFrame``: ``select_settings`` for every dataset × role, with dataset, role,
-    class_index and class_name columns; ``important`` fixes classes instead of choosing them from CE.
-Table 1
-    ``table1(selections) -> DataFrame``: columns ``TABLE1_COLUMNS`` (the CSV contract) plus class_index,
-    recall_diff and accuracy_diff (ours − paper). ``camri.tables.table1_csv(table)``, ``table1_markdown(table)``,
-    ``table1_latex(table)``: strings. ``write_table1(table, out_dir) -> {"csv"|"md"|"tex": Path}``:
-    table1.csv, table1.md and table1.tex, each written atomically.
-    ``paper_table1() -> DataFrame``: the paper's numbers (dataset, important, method, recall, accuracy).
-Beyond the paper (``camri.significance``, ``camri.posthoc``, ``camri.claims``)
-    ``significance.paired_difference(a, b)`` and ``significance.paired_comparisons(selections, ...)``: a
-    method against another on the seeds both have, with a 95 % interval (t; bootstrap from 10 pairs).
-    ``posthoc.tune_bias`` / ``posthoc.threshold_curve`` / ``posthoc.ce_threshold_curve``: a bias on the
-    important class's logit after training (the CE+bias baseline and the trade-off curve).
-    ``claims.check_claims(selections, important)``: the paper's claims, verdict by verdict (claims.md).
-Formatting
-    ``format_margin(radians, denominator=64) -> str`` ("4π/64"), ``format_hyperparameters(loss, run)``,
-    ``display_dataset(name)`` ("cifar10" → "CIFAR-10").
-
-Rules (docs/protocol.md explains why)
--------------------------------------
-- Ranking of classes: mean recall over the CE seeds, ascending; equal means (to 12 decimals) are ordered
-  by class index, lower first. worst1 = position 0, worst2 = position 1, median = position (K − 1) // 2,
-  the lower median when K is even (K = 10: the 5th lowest).
-- A setting = loss + the hyperparameters that loss uses (``camri.losses.LOSSES[loss].axes``). CE, L2-softmax and ArcFace
-  runs serve every important class; CAMRI, WCE and CRWWCE runs serve class c when ``important == (c,)``.
-- Maintaining accuracy: mean accuracy over seeds >= mean CE accuracy − ``tolerance`` (default 0.005).
-- Best = highest mean important-class recall; ties → higher mean accuracy → more seeds → smaller
-  hyperparameters. Settings with fewer than ``min_seeds`` seeds are not eligible.
-- Spread = sample standard deviation over seeds (ddof = 1); NaN (shown as –) for one seed.
+``split`` ("validation", the default, or "test", the paper's) says where the classes and settings are
+chosen; the reported numbers are always test. Each function's docstring gives its columns; every rule
+(ranking and ties, the median for even K, "maintaining accuracy", the best setting, the +bias rows, spread)
+is stated, with its reason, in docs/protocol.md, and tested in tests/test_protocol.py and
+tests/test_validation.py; the per-epoch curves are ``camri.analysis.epoch_curves``. Beyond the paper:
+``camri.significance`` (paired intervals), ``camri.posthoc`` (the bias search), ``camri.claims`` (claims.md).
 """
 
 from __future__ import annotations
@@ -406,56 +354,6 @@ def cell_settings(
         if bias and (tuned := posthoc.bias_setting(rows[-1], class_index, split, threshold)) is not None:
             rows.append(tuned)
     return pd.DataFrame(rows, columns=SETTING_COLUMNS)
-
-
-def epoch_curves(runs: pd.DataFrame, dataset: str, class_index: int) -> pd.DataFrame:
-    """Test accuracy and important-class recall after every epoch, per setting, over seeds.
-
-    Reads each run's metrics.csv (docs/run-format.md) for the settings of ``cell_settings(runs, dataset,
-    class_index)``. One row per setting × epoch, columns: method, loss, hyperparameters, epoch, n_seeds,
-    accuracy_mean, accuracy_std, recall_mean, recall_std (std: sample, ddof = 1; NaN for one seed). With
-    short budgets a run's final epoch is one noisy sample of a fluctuating curve; the curve shows whether
-    a gap is a trend or noise.
-    """
-    settings = cell_settings(runs, dataset, class_index, split="test")  # the settings; curves are test
-    class_name = _dataset_runs(runs, dataset)["classes"].iloc[0][class_index]
-    column = f"recall_{class_name}"
-    rows = []
-    for setting in settings.to_dict("records"):
-        frames = []
-        for path in setting["paths"]:
-            metrics = rundir.read_metrics(path)
-            if column not in metrics:
-                raise ValueError(f"{path}/metrics.csv has no column {column!r}: not a run of {dataset!r}?")
-            frames.append(metrics[["epoch", "test_accuracy", column]].rename(columns={column: "recall"}))
-        for epoch, group in pd.concat(frames).groupby("epoch", sort=True):
-            rows.append(
-                {
-                    "method": setting["method"],
-                    "loss": setting["loss"],
-                    "hyperparameters": setting["hyperparameters"],
-                    "epoch": int(epoch),
-                    "n_seeds": len(group),
-                    "accuracy_mean": group["test_accuracy"].mean(),
-                    "accuracy_std": group["test_accuracy"].std(ddof=1),
-                    "recall_mean": group["recall"].mean(),
-                    "recall_std": group["recall"].std(ddof=1),
-                }
-            )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "method",
-            "loss",
-            "hyperparameters",
-            "epoch",
-            "n_seeds",
-            "accuracy_mean",
-            "accuracy_std",
-            "recall_mean",
-            "recall_std",
-        ],
-    )
 
 
 def _best(settings: pd.DataFrame) -> pd.Series:

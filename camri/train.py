@@ -36,13 +36,7 @@ from camri import loop, rundir
 from camri.config import TrainConfig, add_arguments, from_args
 from camri.io import atomic_write
 from camri.loop import NonFiniteLossError  # noqa: F401  (raised by Run.execute; camri.cli catches it)
-from camri.metrics import (
-    angle_statistics,
-    angles_deg,
-    confusion_matrix,
-    recall_per_class,
-    relative_angle_variance,
-)
+from camri.metrics import angle_statistics, angles_deg, confusion_matrix, recall_per_class, relative_angle_variance
 from camri.models import Classifier
 
 

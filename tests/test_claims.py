@@ -47,19 +47,11 @@ def selections():
     worst2 = cell(
         "worst2",
         "dog",
-        [
-            setting("CAMRI", [0.9, 0.9, 0.9], [0.6, 0.6, 0.6], qualified=False),
-            setting("CE", [0.6, 0.6, 0.6], ACC),
-        ],
+        [setting("CAMRI", [0.9, 0.9, 0.9], [0.6, 0.6, 0.6], qualified=False), setting("CE", [0.6, 0.6, 0.6], ACC)],
     )
     # median (airplane): CAMRI and CE within noise: "not shown".
     median = cell(
-        "median",
-        "airplane",
-        [
-            setting("CAMRI", [0.70, 0.80, 0.75], ACC),
-            setting("CE", [0.75, 0.74, 0.76], ACC),
-        ],
+        "median", "airplane", [setting("CAMRI", [0.70, 0.80, 0.75], ACC), setting("CE", [0.75, 0.74, 0.76], ACC)]
     )
     return pd.DataFrame(worst1 + worst2 + median)
 

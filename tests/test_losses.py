@@ -5,13 +5,7 @@ import math
 import pytest
 import torch
 
-from camri.losses import (
-    LOSS_NAMES,
-    build_loss,
-    margin_target_cosine,
-    paper_margin,
-    parse_margin,
-)
+from camri.losses import LOSS_NAMES, build_loss, margin_target_cosine, paper_margin, parse_margin
 
 DEG = math.pi / 180
 

@@ -9,7 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from camri import plots
+from camri import geometry, plots
 from camri.losses import paper_margin
 
 
@@ -28,7 +28,7 @@ def test_save_figure_writes_png_and_pdf_atomically(tmp_path):
 
 
 def test_fig2_weights_are_unit_vectors_120_degrees_apart_target_up():
-    w = plots.fig2_weights(target=1)
+    w = geometry.fig2_weights(target=1)
     assert np.allclose(np.linalg.norm(w, axis=1), 1)
     assert np.allclose(w[1], [0, 1])
     cos = w @ w.T
@@ -36,23 +36,23 @@ def test_fig2_weights_are_unit_vectors_120_degrees_apart_target_up():
 
 
 def test_loss_surface_matches_the_losses_by_hand():
-    ce = plots.loss_surface("ce", extent=2.0, resolution=5)  # grid -2, -1, 0, 1, 2
+    ce = geometry.loss_surface("ce", extent=2.0, resolution=5)  # grid -2, -1, 0, 1, 2
     # z = (0, 2) lies on W_1: logits (2 cos 120°, 2, 2 cos 120°) = (-1, 2, -1); CE = -log softmax_1.
     expected = -math.log(math.exp(2) / (math.exp(2) + 2 * math.exp(-1)))
     assert ce["loss"][4, 2] == pytest.approx(expected)  # rows = y, columns = x
     assert ce["predicted"][4, 2] == 1 and ce["predicted"][0, 2] != 1
-    wce = plots.loss_surface("wce", extent=2.0, resolution=5, weight=3.0)
+    wce = geometry.loss_surface("wce", extent=2.0, resolution=5, weight=3.0)
     assert np.allclose(wce["loss"], 3.0 * ce["loss"])  # every sample is of the important target class
     # Angular heads depend on the direction only: the loss along W_1 is the same at radius 1 and 2.
-    camri = plots.loss_surface("camri", extent=2.0, resolution=5, margin=paper_margin(8), scale=4.0)
+    camri = geometry.loss_surface("camri", extent=2.0, resolution=5, margin=paper_margin(8), scale=4.0)
     assert camri["loss"][3, 2] == pytest.approx(camri["loss"][4, 2])
-    l2 = plots.loss_surface("l2softmax", extent=2.0, resolution=5, scale=4.0)
+    l2 = geometry.loss_surface("l2softmax", extent=2.0, resolution=5, scale=4.0)
     assert np.all(camri["loss"] >= l2["loss"] - 1e-12)  # the margin only makes the target harder
 
 
 def test_the_margin_shrinks_the_training_region_of_the_target():
-    l2 = plots.loss_surface("l2softmax", resolution=81)
-    camri = plots.loss_surface("camri", resolution=81, margin=paper_margin(16))
+    l2 = geometry.loss_surface("l2softmax", resolution=81)
+    camri = geometry.loss_surface("camri", resolution=81, margin=paper_margin(16))
     assert (l2["training"] == 1).sum() == (l2["predicted"] == 1).sum()
     assert (camri["training"] == 1).sum() < (camri["predicted"] == 1).sum()
     assert np.array_equal(camri["predicted"], l2["predicted"])  # no margin at test time
@@ -60,25 +60,25 @@ def test_the_margin_shrinks_the_training_region_of_the_target():
 
 def test_arcface_margins_every_class_camri_only_the_important_one():
     for loss, shrinks_class_0 in (("arcface", True), ("camri", False)):
-        other = plots.loss_surface(loss, target=0, important=[1], resolution=81, margin=paper_margin(16))
+        other = geometry.loss_surface(loss, target=0, important=[1], resolution=81, margin=paper_margin(16))
         assert ((other["training"] == 0).sum() < (other["predicted"] == 0).sum()) == shrinks_class_0
 
 
 def test_plot_loss_contours_has_one_panel_per_loss():
-    fig = plots.plot_loss_contours(["ce", "camri"], resolution=41, ncols=2)
+    fig = geometry.plot_loss_contours(["ce", "camri"], resolution=41, ncols=2)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["CE (target class 1)", "CAMRI (target class 1)"]
     assert drawn(fig)
 
 
 def test_circle_share():
-    w = plots.fig2_weights(num_classes=4)
-    assert [plots.circle_share(w, k) for k in range(4)] == pytest.approx([0.25] * 4, abs=1e-3)
+    w = geometry.fig2_weights(num_classes=4)
+    assert [geometry.circle_share(w, k) for k in range(4)] == pytest.approx([0.25] * 4, abs=1e-3)
     # Rotating W_0 towards W_1 by 30° shrinks the arc of class 1 by 15° (half the gap it lost).
     angles = np.deg2rad([0, 90, 180, 270])
     angles[0] += np.deg2rad(30)
     w = np.stack([np.cos(angles), np.sin(angles)], 1)
-    assert plots.circle_share(w, 1) == pytest.approx((90 - 15) / 360, abs=1e-3)
+    assert geometry.circle_share(w, 1) == pytest.approx((90 - 15) / 360, abs=1e-3)
 
 
 def two_d_features(n=300, k=4, seed=0):
@@ -90,8 +90,8 @@ def two_d_features(n=300, k=4, seed=0):
 
 def test_feature_circle_and_fig3():
     features, labels = two_d_features()
-    weights = plots.fig2_weights(num_classes=4)
-    fig = plots.plot_fig3(
+    weights = geometry.fig2_weights(num_classes=4)
+    fig = geometry.plot_fig3(
         {
             "CE": {"features2d": features, "labels": labels, "weights": weights},
             "CAMRI": {"features2d": features, "labels": labels},
@@ -101,7 +101,7 @@ def test_feature_circle_and_fig3():
     )
     assert drawn(fig) and [ax.get_title() for ax in fig.axes] == ["CE", "CAMRI"]
     with pytest.raises(ValueError, match="z_dim = 2"):
-        plots.plot_feature_circle(np.zeros((3, 5)), np.zeros(3, int))
+        geometry.plot_feature_circle(np.zeros((3, 5)), np.zeros(3, int))
 
 
 def test_angle_histograms_report_the_relative_variance():

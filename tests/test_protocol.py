@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from camri import posthoc, protocol, significance, tables
+from camri import analysis, posthoc, protocol, significance, tables
 
 K = 6
 CLASSES = [f"c{i}" for i in range(K)]
@@ -468,7 +468,7 @@ def test_epoch_curves_average_metrics_csv_over_seeds(tmp_path):
             for e, (a, r) in enumerate(points, start=1)
         ]
         (d / "metrics.csv").write_text("\n".join(rows) + "\n")
-    table = protocol.epoch_curves(protocol.load_runs(root), "cifar10", 1)
+    table = analysis.epoch_curves(protocol.load_runs(root), "cifar10", 1)
     assert list(table["method"]) == ["CAMRI", "CAMRI", "CE", "CE"]
     ce = table[table["method"] == "CE"].set_index("epoch")
     assert ce.loc[1, "accuracy_mean"] == pytest.approx(0.60) and ce.loc[2, "recall_mean"] == pytest.approx(0.50)

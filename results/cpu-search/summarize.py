@@ -4,7 +4,7 @@
 
 writes results/cpu-search/<part>/settings.md (every setting of the cell: mean ± std over seeds of cat's
 recall and the accuracy, "maintains accuracy" by the protocol's rule, cat's relative angle variance), <part>/curves.csv and
-<part>/curves.png (per-epoch means over seeds, camri.protocol.epoch_curves), <part>/angles.md (per run,
+<part>/curves.png (per-epoch means over seeds, camri.analysis.epoch_curves), <part>/angles.md (per run,
 the angles between cat's test features and its weight vector, in degrees), <part>/table1.csv/.md/.tex
 (the protocol's choice per method, camri.protocol.table1), for part = epochs, margins,
 scales. All numbers come from camri.protocol; this file only formats them.
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from camri import plots, protocol
+from camri import analysis, plots, protocol
 from camri.io import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
@@ -101,7 +101,7 @@ def main() -> None:
         if runs.empty or "ce" not in set(runs["loss"]):
             continue
         settings = protocol.cell_settings(runs, DATASET, CAT)
-        curves = protocol.epoch_curves(runs, DATASET, CAT)
+        curves = analysis.epoch_curves(runs, DATASET, CAT)
         atomic_write_text(HERE / part / "settings.md", settings_markdown(settings, runs) + late_markdown(curves)
                           + paired_epochs_markdown(runs, settings))
         atomic_write_text(HERE / part / "curves.csv", curves.to_csv(index=False, float_format="%.4f"))

@@ -129,7 +129,7 @@ def fig3_panels(run_dirs: Mapping[str, str | os.PathLike]):
     accuracy, the important class's recall, its share of the circle and its relative angle variance)."""
     import pandas as pd
 
-    from camri.plots import circle_share
+    from camri.geometry import circle_share
 
     panels, rows, classes, important = {}, [], None, []
     summaries = {method: rundir.read_summary(d) for method, d in run_dirs.items()}

@@ -3,10 +3,8 @@ way, a SIGKILL in the middle of an epoch, a failing angles.npz write and a damag
 a directory that resumes to exactly the run that was never interrupted, or stops with an error that names
 the file and the fix. CPU, digits, width 1/8, 2 epochs, one thread."""
 
-import csv
 import errno
 import io
-import json
 import math
 import os
 import re
@@ -21,6 +19,7 @@ from unittest import mock
 import pytest
 import torch
 
+from records import metrics_rows, summary_record
 from camri import data as camri_data
 from camri.cli import main
 from camri.train import CheckpointError, TrainConfig, train
@@ -105,23 +104,9 @@ def straight(straight_run):
     return straight_run.path
 
 
-def rows(path: Path) -> list[dict]:
-    with open(path / "metrics.csv") as f:
-        table = list(csv.DictReader(f))
-    for row in table:
-        row.pop("seconds")
-    return table
-
-
-def summary(path: Path) -> dict:
-    record = json.loads((path / "summary.json").read_text())
-    record.pop("seconds")
-    return record
-
-
 def same_run(a: Path, b: Path) -> None:
-    assert rows(a) == rows(b)
-    assert summary(a) == summary(b)
+    assert metrics_rows(a) == metrics_rows(b)
+    assert summary_record(a) == summary_record(b)
 
 
 def test_half_written_checkpoint_in_epoch_2_keeps_epoch_1_and_resumes_exactly(digits, straight, tmp_path, monkeypatch):
@@ -146,7 +131,7 @@ def test_half_written_checkpoint_in_epoch_2_keeps_epoch_1_and_resumes_exactly(di
     # Epoch 1's checkpoint is whole and loadable; the half file of epoch 2 is gone (no temporary left over).
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "metrics.csv"]
     assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
-    assert [int(r["epoch"]) for r in rows(out)] == [1]
+    assert [int(r["epoch"]) for r in metrics_rows(out)] == [1]
     train(tiny(), out, quiet=True, dataset=digits)
     same_run(out, straight)
 
@@ -186,7 +171,7 @@ def test_sigkill_in_the_middle_of_an_epoch_resumes_to_the_uninterrupted_run(digi
     )
     assert proc.returncode == -9
     assert torch.load(killed / "checkpoint.pt", weights_only=False)["epoch"] == 1
-    assert [int(r["epoch"]) for r in rows(killed)] == [1] and not (killed / "summary.json").exists()
+    assert [int(r["epoch"]) for r in metrics_rows(killed)] == [1] and not (killed / "summary.json").exists()
     subprocess.run([*camri, "--out", str(killed)], check=True, env=env, cwd=ROOT, timeout=300)
     same_run(killed, straight)
 

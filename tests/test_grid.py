@@ -1,7 +1,6 @@
 """camri.grid and the modules below it: profiles, grid expansion, the local and submitit executors, status
 (CPU, digits, tiny runs)."""
 
-import csv
 import json
 import math
 import os
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from records import metrics_rows, summary_record
 from camri import grid, profile as profiles, rundir, status, sweep
 from camri.cli import main
 from camri.executors import local, slurm
@@ -435,18 +435,8 @@ def test_submitit_local_cluster_kill_and_resume(tmp_path):
         json.loads((straight / "config.json").read_text())["config"]
         == json.loads((camri_dir / "config.json").read_text())["config"]
     )
-    for name in ("metrics.csv", "summary.json"):
-        assert _without_seconds(camri_dir / name) == _without_seconds(straight / name), name
-
-
-def _without_seconds(path: Path):
-    """metrics.csv rows or summary.json without their timing (the only field that differs between runs)."""
-    if path.suffix == ".json":
-        record = json.loads(path.read_text())
-        record.pop("seconds")
-        return record
-    with open(path) as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+    assert metrics_rows(camri_dir) == metrics_rows(straight)
+    assert summary_record(camri_dir) == summary_record(straight)
 
 
 def test_slurm_submission_and_states_with_stand_in_commands(tmp_path, monkeypatch):

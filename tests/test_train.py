@@ -1,6 +1,5 @@
 """camri.train: one reproducible, resumable run on the embedded digits data set (CPU, seconds)."""
 
-import csv
 import json
 import math
 import os
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from records import metrics_rows, summary_record
 from camri import data as camri_data
 from camri.losses import LOSS_NAMES, LinearHead
 from camri.train import ConfigMismatchError, NonFiniteLossError, Run, TrainConfig, train
@@ -46,27 +46,13 @@ def tiny(**overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def _rows(path: Path) -> list[dict]:
-    with open(path / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        row.pop("seconds")
-    return rows
-
-
-def _summary(path: Path) -> dict:
-    summary = json.loads((path / "summary.json").read_text())
-    summary.pop("seconds")
-    return summary
-
-
 @pytest.mark.parametrize("loss", LOSS_NAMES)
 def test_each_loss_trains_and_writes_every_file(loss, digits, tmp_path):
     summary = train(tiny(loss=loss), tmp_path, quiet=True, dataset=digits)
     for name in ("config.json", "metrics.csv", "summary.json", "angles.npz", "checkpoint.pt"):
         assert (tmp_path / name).is_file(), name
     k = digits.num_classes
-    rows = _rows(tmp_path)
+    rows = metrics_rows(tmp_path)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert {f"recall_{c}" for c in digits.classes} <= set(rows[0])
     assert summary["epochs_completed"] == 2
@@ -111,13 +97,13 @@ def test_important_class_by_name_and_margin_notation(digits, tmp_path):
 def test_two_identical_runs_are_identical(digits, tmp_path):
     train(tiny(), tmp_path / "a", quiet=True, dataset=digits)
     train(tiny(), tmp_path / "b", quiet=True, dataset=digits)
-    assert _rows(tmp_path / "a") == _rows(tmp_path / "b")
-    assert _summary(tmp_path / "a") == _summary(tmp_path / "b")
+    assert metrics_rows(tmp_path / "a") == metrics_rows(tmp_path / "b")
+    assert summary_record(tmp_path / "a") == summary_record(tmp_path / "b")
     a, b = np.load(tmp_path / "a" / "angles.npz"), np.load(tmp_path / "b" / "angles.npz")
     assert np.array_equal(a["theta_deg"], b["theta_deg"])
     # ... and another seed differs.
     train(tiny(seed=1), tmp_path / "c", quiet=True, dataset=digits)
-    assert _rows(tmp_path / "a") != _rows(tmp_path / "c")
+    assert metrics_rows(tmp_path / "a") != metrics_rows(tmp_path / "c")
 
 
 def test_finished_run_is_skipped_and_conflicting_config_refused(digits, tmp_path, capsys):
@@ -164,7 +150,7 @@ def test_kill_and_resume_equals_uninterrupted(digits, tmp_path):
     process = subprocess.Popen([*command, "--out", str(killed)], env=env, cwd=ROOT)
     deadline = time.time() + 240
     while time.time() < deadline:
-        done = (killed / "metrics.csv").exists() and len(_rows(killed)) >= 2
+        done = (killed / "metrics.csv").exists() and len(metrics_rows(killed)) >= 2
         if done or process.poll() is not None:
             break
         time.sleep(0.05)
@@ -172,8 +158,8 @@ def test_kill_and_resume_equals_uninterrupted(digits, tmp_path):
     process.wait()
     assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
     subprocess.run([*command, "--out", str(killed)], check=True, env=env, cwd=ROOT, timeout=300)
-    assert _rows(killed) == _rows(tmp_path / "straight")
-    assert _summary(killed) == _summary(tmp_path / "straight")
+    assert metrics_rows(killed) == metrics_rows(tmp_path / "straight")
+    assert summary_record(killed) == summary_record(tmp_path / "straight")
 
 
 def test_angle_statistics_match_hand_computation(digits, tmp_path):
@@ -225,7 +211,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(digits, tmp_path, monke
         train(tiny(loss="ce", epochs=3), tmp_path, quiet=True, dataset=digits)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert state["epoch"] == 1
-    assert [int(r["epoch"]) for r in _rows(tmp_path)] == [1]
+    assert [int(r["epoch"]) for r in metrics_rows(tmp_path)] == [1]
     assert not (tmp_path / "summary.json").exists()
 
 
@@ -282,7 +268,7 @@ def test_channels_last_by_default_and_a_run_resumes_in_the_format_it_started_wit
     resumed = Run(tiny(), tmp_path / "old", quiet=True, dataset=digits)
     resumed.execute()
     assert not resumed.channels_last
-    assert _rows(tmp_path / "old") == _rows(tmp_path / "nchw")  # bit for bit the NCHW run
+    assert metrics_rows(tmp_path / "old") == metrics_rows(tmp_path / "nchw")  # bit for bit the NCHW run
 
 
 def test_bad_margin_writes_nothing_and_the_corrected_command_runs(tmp_path, capsys):

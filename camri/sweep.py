@@ -105,6 +105,8 @@ def expand(
     methods stage reuses the baseline); ArcFace and L2-softmax runs are shared by every important class,
     CAMRI, WCE and CRWWCE run per important class. ``important`` maps each data set to its class indices;
     None asks ``choose_important`` (which needs the finished baseline unless the profile fixes them).
+    The methods are listed class by class in role order, seed by seed within a class (the order the
+    local executor trains them in).
     """
     profile = load_profile(profile)
     if stage not in STAGES + ("all",):
@@ -119,25 +121,31 @@ def expand(
             raise ValueError(f"two different runs map to the folder {spec.key}: make the grid values differ more")
         specs.setdefault(spec.key, spec)
 
-    def runs_of(dataset: str, stage: str, loss: str, group: list) -> None:
+    def runs_of(dataset: str, stage: str, loss: str, group: list, seeds: list[int]) -> None:
         for values in _axis_product(profile.methods.get(loss, {})):
-            for seed in profile.seeds:
+            for seed in seeds:
                 add(make_spec(base.replace(dataset=dataset, seed=seed), root, stage, loss, group, values))
 
     if stage in ("baseline", "all"):
         for dataset in profile.datasets:
-            runs_of(dataset, "baseline", "ce", [])
+            runs_of(dataset, "baseline", "ce", [], profile.seeds)
     if stage in ("methods", "all"):
         if important is None:
             important = choose_important(profile, results_dir)
         for dataset in profile.datasets:
             classes = [int(c) for c in important.get(dataset, [])]
-            for loss, info in LOSSES.items():
-                if loss == "ce" or loss not in profile.methods:
-                    continue
-                # Class-independent losses run once; class-specific ones once per important class.
-                for group in [[c] for c in classes] if info.class_specific else [[]]:
-                    runs_of(dataset, "methods", loss, group)
+            # Ordered so that a campaign cut short has finished whole comparisons: the first role's class
+            # across every method seed by seed, then the next role. Class-independent losses (ArcFace)
+            # run once, with the first class; class-specific ones once per important class.
+            for position, group in enumerate([[c] for c in classes] or [[]]):
+                for seed in profile.seeds:
+                    for loss, info in LOSSES.items():
+                        if loss == "ce" or loss not in profile.methods:
+                            continue
+                        if info.class_specific and group:
+                            runs_of(dataset, "methods", loss, group, [seed])
+                        elif not info.class_specific and position == 0:
+                            runs_of(dataset, "methods", loss, [], [seed])
     return list(specs.values())
 
 

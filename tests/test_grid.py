@@ -137,6 +137,33 @@ def test_slugs_are_stable(tmp_path):
     assert profiles.dataset_slug("imagefolder:/data/cifar10-jpeg.zip") == "cifar10-jpeg"
 
 
+def test_methods_are_ordered_class_by_class_then_seed_by_seed(tmp_path):
+    # A campaign cut short must leave whole comparisons: the first role's class across every method and
+    # seed before the second class; ArcFace (shared by every class) with the first class.
+    p = profile(
+        seeds=[0, 1],
+        methods={
+            "ce": {},
+            "arcface": {"margin": ["4pi/64"], "scale": [8]},
+            "camri": {"margin": ["4pi/64"], "scale": [16]},
+        },
+    )
+    keys = [s.key for s in sweep.expand(p, "methods", {"digits": [5, 3]}, results_dir=tmp_path)]
+    assert keys == [
+        "digits/arcface/m4pi64_s8/seed0",
+        "digits/camri/c5_m4pi64_s16/seed0",
+        "digits/arcface/m4pi64_s8/seed1",
+        "digits/camri/c5_m4pi64_s16/seed1",
+        "digits/camri/c3_m4pi64_s16/seed0",
+        "digits/camri/c3_m4pi64_s16/seed1",
+    ]
+    # No important class: the class-independent methods still run, the class-specific ones do not.
+    assert [s.key for s in sweep.expand(p, "methods", {"digits": []}, results_dir=tmp_path)] == [
+        "digits/arcface/m4pi64_s8/seed0",
+        "digits/arcface/m4pi64_s8/seed1",
+    ]
+
+
 def test_shipped_profiles_load_and_paper_count():
     assert {"demo", "cpu", "paper"} <= set(profiles.shipped_profiles())
     for name in ("demo", "cpu", "paper"):

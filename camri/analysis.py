@@ -126,7 +126,8 @@ def relative_variance_table(runs, selections, methods: Sequence[str] = ("CE", "A
 def fig3_panels(run_dirs: Mapping[str, str | os.PathLike]):
     """What Fig. 3 shows, from its finished runs ({method: run dir}, e.g. ``Study.fig3_runs()``):
     (panels for ``geometry.plot_fig3``, class names, important class indices, a table with each run's
-    accuracy, the important class's recall, its share of the circle and its relative angle variance)."""
+    data set, accuracy, the important class's recall, its share of the circle and its relative angle
+    variance)."""
     import pandas as pd
 
     from camri.geometry import circle_share
@@ -146,6 +147,7 @@ def fig3_panels(run_dirs: Mapping[str, str | os.PathLike]):
             rows.append(
                 {
                     "method": method,
+                    "dataset": summary["dataset"],
                     "accuracy": summary["accuracy"],
                     "class": classes[c],
                     "recall": summary["recall"][c],
@@ -161,6 +163,25 @@ def fig3_panels(run_dirs: Mapping[str, str | os.PathLike]):
             "weights": weights,
         }
     return panels, classes, important, pd.DataFrame(rows)
+
+
+def fig3_title(summary, min_accuracy: float) -> tuple[str, bool]:
+    """The title of Fig. 3 from ``fig3_panels``' table, and whether the figure counts: both runs at or
+    above ``min_accuracy`` test accuracy. Below it the title says plainly that the runs are under-trained,
+    so that an untrained geometry is never read as the paper's effect."""
+    from camri.protocol import dataset_label
+
+    datasets = ", ".join(dict.fromkeys(dataset_label(d) for d in summary["dataset"]))
+    low = summary.drop_duplicates("method")
+    low = low[low["accuracy"] < min_accuracy]
+    if low.empty:
+        return f"Fig. 3 on {datasets}: z_dim = 2, every run at test accuracy >= {min_accuracy:g}", True
+    which = ", ".join(f"{r.method} {r.accuracy:.3f}" for r in low.itertuples())
+    return (
+        f"UNDER-TRAINED, does not show the paper's effect: {datasets}, test accuracy {which} "
+        f"< {min_accuracy:g} (fig3.min_accuracy)",
+        False,
+    )
 
 
 def compare_selections(by_validation, by_test):

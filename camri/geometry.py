@@ -256,11 +256,19 @@ def plot_feature_circle(
 
 
 def plot_fig3(
-    panels: Mapping[str, Mapping], *, classes: Sequence[str] | None = None, important: Sequence[int] = ()
+    panels: Mapping[str, Mapping],
+    *,
+    classes: Sequence[str] | None = None,
+    important: Sequence[int] = (),
+    title: str = "",
+    counts: bool = True,
 ) -> Figure:
     """Fig. 3: one ``plot_feature_circle`` panel per entry of ``panels`` (title → dict with
-    ``features2d``, ``labels`` and optionally ``weights``), side by side, one legend."""
+    ``features2d``, ``labels`` and optionally ``weights``), side by side, one legend; ``title`` above
+    them (``analysis.fig3_title``), in red when the figure does not count (``counts`` False)."""
     fig = _figure(4.4 * len(panels) + 1.0, 4.8)
+    if title:
+        fig.suptitle(title, fontsize=10, color="black" if counts else "red")
     axes = fig.subplots(1, len(panels), squeeze=False).ravel()
     for ax, (title, panel) in zip(axes, panels.items()):
         plot_feature_circle(

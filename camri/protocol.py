@@ -466,6 +466,17 @@ def select_all(
 # ---- formatting ----------------------------------------------------------------------------------------
 
 
+def _imagefolder_match(name: str) -> tuple[str, str, str | None]:
+    """For ``imagefolder:<path>``: (file name, what follows the paper's data set in it, that set's key or
+    None). ``cifar10-jpeg.zip`` → ("cifar10-jpeg.zip", "jpeg", "cifar10")."""
+    file = Path(name.split(":", 1)[1].rstrip("/")).name
+    stem = file.split(".")[0].lower()
+    for key in DATASET_NAMES:
+        if stem == key or stem.startswith(key + "-") or stem.startswith(key + "_"):
+            return file, stem[len(key) + 1 :], key
+    return file, "", None
+
+
 def display_dataset(name: str) -> str:
     """The paper's spelling of a data set (cifar10 → CIFAR-10, gtsrb → GTSRB, awa2 → AwA2); others as-is.
 
@@ -473,11 +484,29 @@ def display_dataset(name: str) -> str:
     CIFAR-10 is read without internet) is shown as that data set, so the paper's numbers join beside it.
     """
     if name.startswith("imagefolder:"):
-        stem = Path(name.split(":", 1)[1].rstrip("/")).name.split(".")[0].lower()
-        for key, display in DATASET_NAMES.items():
-            if stem == key or stem.startswith(key + "-") or stem.startswith(key + "_"):
-                return display
+        key = _imagefolder_match(name)[2]
+        if key is not None:
+            return DATASET_NAMES[key]
     return DATASET_NAMES.get(name, name)
+
+
+#: Data sets outside the paper, as readers know them.
+_READER_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "digits": "digits (scikit-learn, 8x8)"}
+
+
+def dataset_label(name: str) -> str:
+    """A data set as a reader knows it, for figure titles and headings; never a local path.
+
+    ``imagefolder:/data/cifar10-jpeg.zip`` → "CIFAR-10 (JPEG copy)", an unrecognised folder → its file
+    name; ``mnist`` → "MNIST", ``digits`` → "digits (scikit-learn, 8x8)"; the paper's sets as
+    ``display_dataset`` spells them.
+    """
+    if name.startswith("imagefolder:"):
+        file, variant, key = _imagefolder_match(name)
+        if key is None:
+            return file
+        return f"{DATASET_NAMES[key]} ({variant.upper() + ' copy' if variant else 'image folder'})"
+    return _READER_NAMES.get(name, display_dataset(name))
 
 
 def format_margin(radians: float, denominator: int = 64) -> str:

@@ -98,10 +98,26 @@ def test_feature_circle_and_fig3():
         },
         classes=list("abcd"),
         important=[3],
+        title="Fig. 3 on MNIST",
+        counts=False,
     )
     assert drawn(fig) and [ax.get_title() for ax in fig.axes] == ["CE", "CAMRI"]
+    assert fig.get_suptitle() == "Fig. 3 on MNIST" and fig._suptitle.get_color() == "red"
     with pytest.raises(ValueError, match="z_dim = 2"):
         geometry.plot_feature_circle(np.zeros((3, 5)), np.zeros(3, int))
+
+
+def test_fig3_title_counts_the_figure_only_when_both_runs_reach_the_bar():
+    from camri import analysis
+
+    summary = pd.DataFrame(
+        {"method": ["CE", "CAMRI"], "dataset": ["mnist", "mnist"], "accuracy": [0.97, 0.951], "class": ["3", "3"]}
+    )
+    title, counts = analysis.fig3_title(summary, 0.95)
+    assert counts and title.startswith("Fig. 3 on MNIST")
+    summary.loc[1, "accuracy"] = 0.48
+    title, counts = analysis.fig3_title(summary, 0.95)
+    assert not counts and title.startswith("UNDER-TRAINED") and "CAMRI 0.480 < 0.95" in title and "CE " not in title
 
 
 def test_angle_histograms_report_the_relative_variance():

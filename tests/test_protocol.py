@@ -443,6 +443,17 @@ def test_display_dataset_recognises_an_imagefolder_copy():
     assert display_dataset("imagefolder:/data/cifar100") == "imagefolder:/data/cifar100"
 
 
+def test_dataset_label_names_a_data_set_as_readers_know_it_never_a_path():
+    from camri.protocol import dataset_label
+
+    assert dataset_label("imagefolder:/work/shared/data/cifar10-jpeg.zip") == "CIFAR-10 (JPEG copy)"
+    assert dataset_label("imagefolder:/data/gtsrb_png/") == "GTSRB (PNG copy)"
+    assert dataset_label("imagefolder:/data/cifar10") == "CIFAR-10 (image folder)"
+    assert dataset_label("imagefolder:/data/mycars.zip") == "mycars.zip"
+    assert dataset_label("gtsrb") == "GTSRB" and dataset_label("mnist") == "MNIST"
+    assert dataset_label("digits") == "digits (scikit-learn, 8x8)"
+
+
 def test_epoch_curves_average_metrics_csv_over_seeds(tmp_path):
     root = tmp_path / "runs"
     # Two CE seeds and one CAMRI seed for c1, two epochs each; recall of c1 is the column recall_c1.

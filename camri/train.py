@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+import os
 import pickle
+import platform
 import random
 import subprocess
 import sys
@@ -121,6 +123,28 @@ def _git_commit() -> str | None:
         return None
 
 
+def machine(device: torch.device) -> dict:
+    """What a segment of a run trained on, so that its wall time can be read (issue 15: CPUs differ between
+    sessions, with and without native bf16): host, CPU model, CPUs available, torch threads, native bf16,
+    and the GPU's name on CUDA."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:  # not Linux: platform's answer
+        pass
+    record = {
+        "host": platform.node(),
+        "cpu": cpu,
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "cpu_bf16": cpu_has_bf16(),
+    }
+    if device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
+    return record
+
+
 def _rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if device.type == "cuda":
@@ -214,6 +238,7 @@ class Run:
                 "device": str(self.device),
                 "amp_bf16": self.amp,
                 "channels_last": self.channels_last,
+                "machine": machine(self.device),
             },
         )
 

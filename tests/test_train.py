@@ -312,3 +312,7 @@ def test_resume_keeps_a_history_of_segments(digits, tmp_path):
     assert [s["first_epoch"] for s in record["segments"]] == [1, 3]
     assert record["git_commit"] == record["segments"][0]["git_commit"] == "earlier"  # what trained epochs 1-2
     assert record["segments"][1]["torch_version"] == torch.__version__
+    # The machine of each segment (issue 15: a wall time means nothing without it).
+    machine = record["segments"][1]["machine"]
+    assert machine["cpus"] >= 1 and machine["threads"] >= 1 and isinstance(machine["cpu_bf16"], bool)
+    assert machine["cpu"] and machine["host"] and "gpu" not in machine

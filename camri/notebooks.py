@@ -74,6 +74,38 @@ def list_notebooks(notebook_dir: str | os.PathLike | None = None) -> list[Path]:
     return notebooks
 
 
+#: What each shipped notebook reads, by its number: the grid's stages, Fig. 3's runs, or nothing (00: the
+#: data, 07: the loss geometry). ``camri figures --only`` checks only what the chosen notebooks read, so
+#: one figure renders while the rest of a campaign is still running; another notebook needs everything.
+NOTEBOOK_NEEDS = {
+    "00": (),
+    "01": ("baseline",),
+    "02": ("baseline", "methods"),
+    "03": ("baseline", "methods"),
+    "04": ("baseline", "methods"),
+    "05": ("baseline", "methods"),
+    "06": ("fig3",),
+    "07": (),
+}
+ALL_NEEDS = ("baseline", "methods", "fig3")
+
+
+def select_notebooks(notebook_dir: str | os.PathLike | None = None, only: Sequence[str] | None = None) -> list[Path]:
+    """``list_notebooks``, or of those the ones ``only`` names (stems or number prefixes such as "04")."""
+    notebooks = list_notebooks(notebook_dir)
+    if not only:
+        return notebooks
+    unknown = [o for o in only if not any(p.stem == o or p.stem.startswith(f"{o}_") for p in notebooks)]
+    if unknown:
+        raise ValueError(f"no notebook {', '.join(unknown)}; there are {', '.join(p.stem for p in notebooks)}")
+    return [p for p in notebooks if any(p.stem == o or p.stem.startswith(f"{o}_") for o in only)]
+
+
+def notebook_needs(paths: Sequence[Path]) -> set[str]:
+    """What the notebooks ``paths`` read together (``NOTEBOOK_NEEDS``; an unknown notebook: ``ALL_NEEDS``)."""
+    return {need for path in paths for need in NOTEBOOK_NEEDS.get(path.stem[:2], ALL_NEEDS)}
+
+
 def declared_parameters(path: str | os.PathLike) -> dict[str, dict]:
     """The parameters a notebook declares in its cell tagged ``parameters``, as papermill reads them
     (``papermill.inspect_notebook``'s {name: {name, inferred_type_name, default, help}}; ``default`` is
@@ -147,12 +179,7 @@ def execute_notebooks(
     import papermill
 
     profile = load_profile(profile)
-    notebooks = list_notebooks(notebook_dir)
-    if only:
-        unknown = [o for o in only if not any(p.stem == o or p.stem.startswith(f"{o}_") for p in notebooks)]
-        if unknown:
-            raise ValueError(f"no notebook {', '.join(unknown)}; there are {', '.join(p.stem for p in notebooks)}")
-        notebooks = [p for p in notebooks if any(p.stem == o or p.stem.startswith(f"{o}_") for o in only)]
+    notebooks = select_notebooks(notebook_dir, only)
     kernel = kernel_name or ensure_kernel()
     root = profile_dir(profile, results_dir)
     base = {"PROFILE": profile_argument(profile), "RESULTS_DIR": str(root.parent), "TRAIN": bool(train)}

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from camri import data as camri_data
 from camri import grid, rundir
 from camri.executors.slurm import read_jobs, submit_submitit
-from camri.notebooks import execute_notebooks, profile_argument
+from camri.notebooks import execute_notebooks, notebook_needs, profile_argument, select_notebooks
 from camri.profile import EXECUTORS, Profile, add_profile_arguments, load_profile
 from camri.status import run_state
 from camri.study import MissingRunsError, check_finished, missing_message, train_fig3
@@ -102,8 +102,11 @@ def figures(
     """``camri figures``: re-execute the notebooks on stored results (TRAIN = False); nothing is trained."""
     profile = load_profile(profile)
     try:
-        check_finished(profile, results_dir)
-        missing = [s.key for s in fig3_specs(profile, results_dir) if not s.finished]
+        # Only what the chosen notebooks read (NOTEBOOK_NEEDS): Fig. 3 renders while the grid still runs.
+        needs = notebook_needs(select_notebooks(notebook_dir, only))
+        if needs & set(STAGES):
+            check_finished(profile, results_dir, [s for s in STAGES if s in needs])
+        missing = [s.key for s in fig3_specs(profile, results_dir) if not s.finished] if "fig3" in needs else []
         if missing:
             raise MissingRunsError(missing_message(profile, missing, 2, "Fig. 3 runs"))
     except MissingRunsError as error:

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,14 @@ def test_figures_never_trains_when_method_or_fig3_runs_are_missing(tmp_path, mon
     )
     assert files_below(results) == before
     assert not (results / "nofig" / "fig3").exists() and not (results / "nofig" / "notebooks").exists()
+
+    # --only checks what those notebooks read: 01 needs just the (finished) baseline, 06 the Fig. 3 runs.
+    executed = []
+    monkeypatch.setattr("camri.reproduce.execute_notebooks", lambda *a, only=None, **k: executed.append(only) or True)
+    assert camri("figures", *common, "--only", "01")[0] == 0 and executed == [["01"]]
+    status, out = camri("figures", *common, "--only", "06")
+    assert status == 1 and "2 of 2 Fig. 3 runs" in out and executed == [["01"]]
+    shutil.rmtree(results / "nofig" / "runs")
+    assert camri("figures", *common, "--only", "07")[0] == 0 and executed == [["01"], ["07"]]  # reads no run
+    status, out = camri("figures", *common, "--only", "01", "07")
+    assert status == 1 and "CE baseline runs of profile 'nofig' are not finished" in out

@@ -1,6 +1,6 @@
 """Where a long campaign stands, from its run records only (issue 15: a campaign spans sessions):
 
-    .venv/bin/python scripts/campaign_progress.py results/gtsrb/gtsrb.yaml [more profiles]
+    .venv/bin/python scripts/campaign_progress.py results/gtsrb/gtsrb.yaml [more profiles] [--results-dir DIR]
 
 writes <profile dir>/progress.md: the important classes chosen so far, then every run of the profile (the
 CE baseline, the methods once the baseline has chosen the classes, Fig. 3's two runs) in the order the grid
@@ -11,8 +11,8 @@ segments). Nothing is typed: rerun it after each finished run and commit the fil
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 from camri import rundir, sweep
@@ -40,7 +40,7 @@ def _row(spec: sweep.RunSpec) -> str:
         recall = ", ".join(f"{summary['classes'][c]} {summary['recall'][c]:.3f}" for c in summary["important"])
         validation = summary.get("validation") or {}
         val = f"{validation['accuracy']:.4f}" if "accuracy" in validation else "–"
-        minutes = f"{summary['seconds'] / 60:.1f}"
+        minutes = f"{summary['seconds'] / 60:.1f}" if "seconds" in summary else "–"
         cells = [spec.key, "done", f"{summary['accuracy']:.4f}", val, recall or "–", minutes, _machine(config)]
         return "| " + " | ".join(cells) + " |"
     done = rundir.epochs_done(spec.out_dir) if spec.out_dir.exists() else 0
@@ -48,10 +48,11 @@ def _row(spec: sweep.RunSpec) -> str:
     return f"| {spec.key} | {state} | | | | | {_machine(config)} |"
 
 
-def progress(profile_path: str) -> Path:
+def progress(profile_path: str, results_dir=None) -> Path:
+    """Write and return ``<results>/<profile>/progress.md``."""
     profile = load_profile(profile_path)
-    root = profile_dir(profile)
-    specs = sweep.expand(profile, "baseline")
+    root = profile_dir(profile, results_dir)
+    specs = sweep.expand(profile, "baseline", results_dir=results_dir)
     lines = [
         f"# Progress of profile `{profile.name}`",
         "",
@@ -59,11 +60,11 @@ def progress(profile_path: str) -> Path:
         "",
     ]
     try:
-        important = sweep.choose_important(profile, record=False)
+        important = sweep.choose_important(profile, results_dir, record=False)
     except sweep.BaselineNotFinished as waiting:
         lines += [f"Important classes: not chosen yet ({waiting}).", ""]
     else:
-        specs += sweep.expand(profile, "methods", important)
+        specs += sweep.expand(profile, "methods", important, results_dir=results_dir)
         chosen = json.loads((root / "important.json").read_text()) if (root / "important.json").is_file() else {}
         for dataset, rows in chosen.items():
             described = ", ".join(
@@ -77,7 +78,7 @@ def progress(profile_path: str) -> Path:
                 f"Important classes of {dataset} (from CE on the {profile.protocol.selection} split): {described}.",
                 "",
             ]
-    specs += sweep.fig3_specs(profile)
+    specs += sweep.fig3_specs(profile, results_dir)
     finished = sum(s.finished for s in specs)
     lines += [
         f"{finished} of {len(specs)} runs done.",
@@ -93,7 +94,9 @@ def progress(profile_path: str) -> Path:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit("usage: scripts/campaign_progress.py PROFILE.yaml [PROFILE.yaml ...]")
-    for path in sys.argv[1:]:
-        print(progress(path))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("profiles", nargs="+", help="profile YAML files")
+    parser.add_argument("--results-dir", help="results root (default: <repo>/results)")
+    args = parser.parse_args()
+    for path in args.profiles:
+        print(progress(path, args.results_dir))

@@ -63,6 +63,38 @@ def write_summary(spec: sweep.RunSpec, recall: list[float], accuracy: float) -> 
     (spec.out_dir / "summary.json").write_text(json.dumps(summary))
 
 
+def test_campaign_progress_lists_every_run_with_its_state(tmp_path):
+    # scripts/campaign_progress.py: a campaign's progress.md, from the records alone.
+    import runpy
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "datasets": ["digits"],
+                "seeds": [0],
+                "train": TINY_TRAIN,
+                "important": {"classes": {"digits": [3]}},
+                "methods": {"ce": {}, "camri": {}},
+                "fig3": {"dataset": "digits"},
+            }
+        )
+    )
+    p = profiles.load_profile(str(path))
+    specs = {s.key: s for s in sweep.expand(p, "all", {"digits": [3]}, results_dir=tmp_path)}
+    write_summary(specs["digits/ce/default/seed0"], [0.9] * 3 + [0.5] + [0.9] * 6, 0.86)
+    camri_run = specs["digits/camri/c3_m4pi64_s16/seed0"].out_dir
+    camri_run.mkdir(parents=True)
+    (camri_run / "config.json").write_text(json.dumps({"config": {}, "segments": [{"amp_bf16": False}]}))
+    progress = runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "campaign_progress.py"))["progress"]
+    text = progress(str(path), tmp_path).read_text()
+    assert "1 of 4 runs done." in text
+    assert "| digits/ce/default/seed0 | done | 0.8600 | 0.8600 | – | – |" in text
+    assert "| digits/camri/c3_m4pi64_s16/seed0 | epoch 0 of 1 | | | | | ?, float32 |" in text
+    assert "| fig3/digits/ce/default/seed0 | not started |" in text
+
+
 # ---- profiles and expansion (no training) ----------------------------------------------------------------
 
 

@@ -178,7 +178,7 @@ def fig3_title(summary, min_accuracy: float) -> tuple[str, bool]:
         return f"Fig. 3 on {datasets}: z_dim = 2, every run at test accuracy >= {min_accuracy:g}", True
     which = ", ".join(f"{r.method} {r.accuracy:.3f}" for r in low.itertuples())
     return (
-        f"UNDER-TRAINED, does not show the paper's effect: {datasets}, test accuracy {which} "
+        f"UNDER-TRAINED, does not show the paper's effect\n{datasets}: test accuracy {which} "
         f"< {min_accuracy:g} (fig3.min_accuracy)",
         False,
     )

@@ -276,8 +276,8 @@ def test_available_cpus_follow_affinity_and_cgroup_quota(monkeypatch):
 
 def test_checkpoint_requeues_the_same_run(tmp_path):
     spec = sweep.expand(profile(), "baseline", results_dir=tmp_path)[0]
-    delayed = slurm.GridTask(spec).checkpoint()
-    assert isinstance(delayed.function, slurm.GridTask) and delayed.function.spec == spec
+    delayed = slurm.GridTask([spec]).checkpoint()
+    assert isinstance(delayed.function, slurm.GridTask) and delayed.function.specs == [spec]
     assert sweep.RunSpec.from_json(spec.to_json()) == spec
 
 
@@ -341,9 +341,17 @@ def test_local_executor_two_workers_and_status(tmp_path, capsys, monkeypatch):
     report = grid.run(p, stages=("baseline",), results_dir=tmp_path, progress=False)
     assert report.done == ["digits/ce/default/seed0"] and report.complete and ce_log.read_text() == before
 
-    assert main(["status", "--profile", str(_dump(p, tmp_path)), "--results-dir", str(tmp_path)]) == 0
+    path = _dump(p, tmp_path)
+    assert main(["status", "--profile", str(path), "--results-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert f"{bad}  failed" in out and str(rows[bad].log) in out and "3 done, 0 running, 1 failed, 0 pending" in out
+    assert f"{bad}  failed" in out and str(rows[bad].log) in out
+    assert "3 done, 0 running, 0 pending, 1 failed, 0 cancelled" in out
+    # Below the failed run, its log's last lines (the traceback's end); at the end, the command to retrain it.
+    assert "| ValueError: important class 10 is out of range" in out
+    assert out.rstrip().endswith(
+        f"to train the 1 failed or cancelled run(s) again: camri grid --profile {path} --results-dir {tmp_path} "
+        "--executor local"
+    )
 
 
 def _dump(p: profiles.Profile, where: Path) -> Path:
@@ -512,7 +520,8 @@ def test_slurm_submission_and_states_with_stand_in_commands(tmp_path, monkeypatc
     jobs = slurm.read_jobs(tmp_path / "tiny")
     assert [jobs[k]["job_id"] for k in keys] == ["4242_0", "4242_1", "4242_2"]
     rows = {r.key: r for r in status.status(p, tmp_path)}
-    assert [rows[k].state for k in keys] == ["running", "failed", "running"]
+    assert [rows[k].state for k in keys] == ["running", "failed", "pending"]
+    assert [rows[k].in_flight for k in keys] == [True, False, True]
     assert "4242_1 ended (FAILED)" in rows[keys[1]].detail and "PENDING" in rows[keys[2]].detail
     # Re-running submits only the failed run; the queued and running ones are left alone.
     report = grid.run(p, results_dir=tmp_path, wait=False, progress=False)
@@ -520,7 +529,7 @@ def test_slurm_submission_and_states_with_stand_in_commands(tmp_path, monkeypatc
     assert "--array" not in (bin_dir / "last.sbatch").read_text()  # one task: a plain job
     # sacct does not list the new job yet: just submitted, it counts as in flight (not resubmitted again).
     row = {r.key: r for r in status.status(p, tmp_path)}[keys[1]]
-    assert row.state == "running" and "SUBMITTED" in row.detail
+    assert row.state == "pending" and row.in_flight and "SUBMITTED" in row.detail
 
 
 def test_submitit_local_cluster_refuses_a_flood(tmp_path):
@@ -529,6 +538,6 @@ def test_submitit_local_cluster_refuses_a_flood(tmp_path):
         methods={"ce": {}},
         executor={"kind": "submitit", "submitit": {"cluster": "local", "array_parallelism": 1}},
     )
-    with pytest.raises(ValueError, match="would start all 2 runs at once.*--executor local"):
+    with pytest.raises(ValueError, match="would start all 2 jobs at once.*--executor local"):
         grid.run(p, results_dir=tmp_path, wait=False, progress=False)
     assert slurm.read_jobs(tmp_path / "tiny") == {}

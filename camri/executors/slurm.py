@@ -145,6 +145,8 @@ def check_partition_has_gpus(options: SubmititOptions) -> None:
     none: sbatch's own refusal is cryptic ("Invalid generic resource (gres) specification" or "Requested
     node configuration is not available"). sinfo lists each partition's generic resources (GRES), where
     SLURM's GPUs are ``gpu:...``; when sinfo cannot answer, or the partition is unknown, sbatch decides."""
+    if options.gpus_per_node == 0:
+        return
     try:
         listing = subprocess.run(
             ["sinfo", "-h", "-o", "%P|%G"], capture_output=True, text=True, timeout=60, check=True
@@ -185,7 +187,7 @@ def submit_submitit(specs: list, options: SubmititOptions, root: Path, profile_n
             f"executor.submitit.array_parallelism = {options.array_parallelism}: use "
             "--executor local (a pool of workers) on this machine"
         )
-    if executor.cluster == "slurm" and options.gpus_per_node > 0:
+    if executor.cluster == "slurm":
         check_partition_has_gpus(options)
     for start in range(0, len(tasks), options.max_array_size):
         chunk = tasks[start : start + options.max_array_size]

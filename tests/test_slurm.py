@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import threading
 import time
@@ -83,6 +84,17 @@ def sacct_states(job_id: str) -> list[str]:
         timeout=30,
     ).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+#: sacct states of a job that has not ended yet.
+LIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED"}
+
+
+def final_states(job_id: str, timeout_s: float = 60) -> list[str]:
+    """``sacct_states`` once the job has ended: a waiting grid returns when its runs' records (or submitit's
+    result) are there, a moment before SLURM has seen the job's processes exit."""
+    wait_for(lambda: (sacct_states(job_id) or ["PENDING"])[-1] not in LIVE, timeout_s, f"{job_id} to end")
+    return sacct_states(job_id)
 
 
 def slurm_out(*command: str) -> str:
@@ -166,7 +178,7 @@ def test_job_array_records_equal_the_local_executors(slurm_cluster, reference, t
     arrays = {job_id.split("_")[0] for job_id in ids.values()}
     assert len(arrays) == 1 and sorted(job_id.split("_")[1] for job_id in ids.values()) == ["0", "1"]
     for key, job_id in ids.items():
-        assert sacct_states(job_id) == ["COMPLETED"], key
+        assert final_states(job_id) == ["COMPLETED"], key
         assert_same_records(tmp_path / "slurm" / "runs" / key, reference / key)
 
 
@@ -215,7 +227,7 @@ def test_array_parallelism_caps_the_tasks_running_at_once(slurm_cluster, tmp_pat
     array = array_of(ids.values())
     assert "#SBATCH --array=0-1%1" in slurm_out("scontrol", "write", "batch_script", array, "-")
 
-    most_running, seen = 0, set()
+    most_running, seen, queued = 0, set(), []
     deadline = time.monotonic() + 300
     while not all((runs / key / "summary.json").is_file() for key in ids):
         assert time.monotonic() < deadline, "timed out waiting for the two runs"
@@ -224,13 +236,14 @@ def test_array_parallelism_caps_the_tasks_running_at_once(slurm_cluster, tmp_pat
         rows, _ = status_rows(capsys, profile, tmp_path)
         states = tuple(sorted(line.split()[1] for line in rows.values()))
         assert states.count("running") <= 1, rows
-        if states == ("pending", "running"):
-            (queued,) = [line for line in rows.values() if line.split()[1] == "pending"]
-            assert f"job {array}_" in queued and "PENDING" in queued, queued
+        queued += [line for line in rows.values() if line.split()[1] == "pending"]
         seen.add(states)
         time.sleep(0.3)
     assert most_running == 1, f"squeue showed {most_running} tasks of the array running at once"
     assert ("pending", "running") in seen, f"status never showed one task running and one queued: {seen}"
+    # Queued in SLURM (sacct: PENDING), or just submitted and not in sacct yet (SUBMITTED).
+    assert all(re.search(rf"slurm job {array}_\d (PENDING|SUBMITTED)$", line) for line in queued), queued
+    assert any(line.endswith("PENDING") for line in queued), queued
     # SLURM's own record: the second task started only after the first had ended.
     wait_for(lambda: all(sacct_states(j) == ["COMPLETED"] for j in ids.values()), 60, "the tasks' accounting")
     spans = sorted(
@@ -309,7 +322,7 @@ def test_status_from_the_scheduler_and_a_second_submission_of_only_the_missing_r
     assert "1 of 4 runs done, 3 failed" in capsys.readouterr().out
     first = jobs(tmp_path)
     assert seen_running and seen_running[0].state == "running" and f"job {first[CE1]} RUNNING" in seen_running[0].detail
-    assert [sacct_states(first[key]) for key in (CE, CE1, raising, hollow)] == [
+    assert [final_states(first[key]) for key in (CE, CE1, raising, hollow)] == [
         ["COMPLETED"],
         ["CANCELLED"],
         ["FAILED"],
@@ -325,13 +338,12 @@ def test_status_from_the_scheduler_and_a_second_submission_of_only_the_missing_r
     tail = out.split(CE1, 1)[1].split(raising, 1)[0]  # the cancelled run's block: its log's last lines
     assert re.search(r"\| epoch \d+/15 ", tail), out
     assert "| ValueError: important class 12 is out of range" in out.split(raising, 1)[1]
-    assert out.rstrip().endswith(
-        f"to train the 3 failed or cancelled run(s) again: camri grid --profile {profile} --results-dir {tmp_path} "
-        "--executor submitit"
-    )
+    command = out.rstrip().splitlines()[-1].split(": ", 1)[1]
+    assert out.rstrip().splitlines()[-1].startswith("to train the 3 failed or cancelled run(s) again: ")
+    assert command == f"camri grid --profile {profile} --results-dir {tmp_path} --executor submitit"
 
     # That command submits exactly the three missing runs, as one new array; the finished run is left alone.
-    assert main(["grid", "--profile", str(profile), "--results-dir", str(tmp_path)]) == 1
+    assert main(shlex.split(command)[1:]) == 1
     assert "2 of 4 runs done, 2 failed" in capsys.readouterr().out
     second = jobs(tmp_path)
     array = array_of([second[CE1], second[raising], second[hollow]])

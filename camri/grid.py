@@ -7,7 +7,7 @@ The pipeline, one module per step (docs/profiles.md, docs/scale-out.md):
   baseline;
 - ``camri.executors.local`` / ``camri.executors.slurm``: where they train (a local pool of processes, or
   a submitit job array);
-- ``camri.status``: which are done, running, failed or pending;
+- ``camri.status``: which are done, running, pending, failed or cancelled;
 - ``camri.rundir``: what one run folder holds.
 
 ``run`` trains the CE baseline first, then the other methods for the important classes chosen from it
@@ -179,7 +179,7 @@ def run(
         for spec, row in zip(specs, states(specs, read_jobs(root))):
             if row.state == "done":
                 report.done.append(spec.key)
-            elif row.state == "running":
+            elif row.in_flight:
                 report.running.append(spec.key)  # someone else's worker, or an earlier submission
             else:
                 todo.append(spec)
@@ -207,7 +207,7 @@ def run(
                         )
                         break
                     continue
-                outcome = wait_submitit(submitted, {s.key: s for s in todo}, bar)
+                outcome = wait_submitit(submitted, {s.key: s for s in todo}, bar, profile.executor.submitit.poll_s)
         finally:
             bar.close()
         for spec in todo:

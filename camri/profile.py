@@ -33,7 +33,7 @@ NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 
 
 class SubmititOptions(Model):
-    """How ``executor: submitit`` submits: one array job, one run per task (docs/scale-out.md)."""
+    """How ``executor: submitit`` submits: job arrays, ``runs_per_job`` runs per task (docs/scale-out.md)."""
 
     cluster: Literal["slurm", "local", "debug"] | None = None  # None: submitit picks (SLURM if srun is found)
     partition: str | None = None
@@ -42,8 +42,13 @@ class SubmititOptions(Model):
     cpus_per_task: PositiveInt = 8
     mem_gb: Annotated[Number, Field(gt=0)] | None = None
     array_parallelism: PositiveInt = 64  # at most this many tasks of one array run at once
+    # Runs trained one after another by one array task: fewer tasks for short runs or a small MaxArraySize.
+    runs_per_job: PositiveInt = 1
     max_array_size: PositiveInt = 1000  # longer lists go out as several arrays (SLURM's MaxArraySize is often 1001)
     max_num_timeout: NonNegativeInt = 3
+    # How often a waiting `camri grid` looks for its runs' summary.json and asks after its jobs (submitit
+    # spaces its own sacct calls out further as jobs age, up to every 10 minutes).
+    poll_s: PositiveInt = 30
     slurm_additional_parameters: dict[str, Any] = {}  # e.g. {account: abc, qos: high}
     setup: list[str] = []  # shell lines run before each job, e.g. "module load cuda"
 

@@ -62,13 +62,13 @@ def reproduce(
     log(report.summary())
     jobs = read_jobs(report.root)
     unfinished = [s for s in fig3_runs if not s.finished]
-    todo = [s for s in unfinished if run_state(s, jobs.get(s.key)).state != "running"]
+    todo = [s for s in unfinished if not run_state(s, jobs.get(s.key)).in_flight]
     in_flight = {s.key for s in unfinished} - {s.key for s in todo}
     if todo:
         if kind == "local":
             stopped = train_fig3(profile, todo, workers)
             # A run another process trains (a live lock) is in flight; any other that stopped failed.
-            busy = {s.key for s in stopped if run_state(s).state == "running"}
+            busy = {s.key for s in stopped if run_state(s).in_flight}
             report.failed += [(s.key, s.out_dir / rundir.LOG) for s in stopped if s.key not in busy]
             in_flight |= busy
         else:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import submitit
 import yaml
 
 from records import metrics_rows, summary_record
@@ -242,6 +243,8 @@ def test_profile_file_and_saved_copy(tmp_path):
         ({"executor": {"kind": "ray"}}, r"executor.kind: Input should be 'local' or 'submitit'"),
         ({"executor": {"submitit": {"cluster": "pbs"}}}, r"executor.submitit.cluster: Input should be 'slurm'"),
         ({"executor": {"submitit": {"gpus": 1}}}, r"executor.submitit.gpus: unknown key; allowed are cluster"),
+        ({"executor": {"submitit": {"runs_per_job": 0}}}, r"submitit.runs_per_job: Input should be greater than or"),
+        ({"executor": {"submitit": {"poll_s": 0.5}}}, r"executor.submitit.poll_s: Input should be a valid integer"),
         ({"fig3": {"margin": 4}}, r"fig3.margin: Input should be less than 3.14"),
         ({"name": "a b"}, r"name: must be letters, digits"),
     ],
@@ -308,8 +311,8 @@ def test_available_cpus_follow_affinity_and_cgroup_quota(monkeypatch):
 
 def test_checkpoint_requeues_the_same_run(tmp_path):
     spec = sweep.expand(profile(), "baseline", results_dir=tmp_path)[0]
-    delayed = slurm.GridTask(spec).checkpoint()
-    assert isinstance(delayed.function, slurm.GridTask) and delayed.function.spec == spec
+    delayed = slurm.GridTask([spec]).checkpoint()
+    assert isinstance(delayed.function, slurm.GridTask) and delayed.function.specs == [spec]
     assert sweep.RunSpec.from_json(spec.to_json()) == spec
 
 
@@ -373,9 +376,17 @@ def test_local_executor_two_workers_and_status(tmp_path, capsys, monkeypatch):
     report = grid.run(p, stages=("baseline",), results_dir=tmp_path, progress=False)
     assert report.done == ["digits/ce/default/seed0"] and report.complete and ce_log.read_text() == before
 
-    assert main(["status", "--profile", str(_dump(p, tmp_path)), "--results-dir", str(tmp_path)]) == 0
+    path = _dump(p, tmp_path)
+    assert main(["status", "--profile", str(path), "--results-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert f"{bad}  failed" in out and str(rows[bad].log) in out and "3 done, 0 running, 1 failed, 0 pending" in out
+    assert f"{bad}  failed" in out and str(rows[bad].log) in out
+    assert "3 done, 0 running, 0 pending, 1 failed, 0 cancelled" in out
+    # Below the failed run, its log's last lines (the traceback's end); at the end, the command to retrain it.
+    assert "| ValueError: important class 10 is out of range" in out
+    assert out.rstrip().endswith(
+        f"to train the 1 failed or cancelled run(s) again: camri grid --profile {path} --results-dir {tmp_path} "
+        "--executor local"
+    )
 
 
 def _dump(p: profiles.Profile, where: Path) -> Path:
@@ -498,8 +509,9 @@ def test_submitit_local_cluster_kill_and_resume(tmp_path):
     assert summary_record(camri_dir) == summary_record(straight)
 
 
-def test_slurm_submission_and_states_with_stand_in_commands(tmp_path, monkeypatch):
-    """The SLURM path without SLURM: stand-in sbatch and sacct scripts on PATH."""
+@pytest.fixture
+def stand_in_slurm(tmp_path, monkeypatch) -> Path:
+    """Stand-in sbatch, sacct, srun and sinfo scripts first on PATH; sbatch copies its script to last.sbatch."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text('#!/bin/sh\ncp "$1" "$(dirname "$0")/last.sbatch"\necho Submitted batch job 4242\n')
@@ -508,9 +520,16 @@ def test_slurm_submission_and_states_with_stand_in_commands(tmp_path, monkeypatc
         "echo '4242_1|FAILED|n1'\necho '4242_2|PENDING|None'\n"
     )
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit looks for it to detect SLURM
-    for script in ("sbatch", "sacct", "srun"):
+    (bin_dir / "sinfo").write_text("#!/bin/sh\necho 'cpu*|(null)'\necho 'gpu|gpu:a100:4(S:0-1)'\n")
+    for script in ("sbatch", "sacct", "srun", "sinfo"):
         (bin_dir / script).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return bin_dir
+
+
+def test_slurm_submission_and_states_with_stand_in_commands(tmp_path, stand_in_slurm):
+    """The SLURM path without SLURM: stand-in sbatch and sacct scripts on PATH."""
+    bin_dir = stand_in_slurm
     p = profile(
         seeds=[0, 1, 2],
         methods={"ce": {}},
@@ -544,7 +563,8 @@ def test_slurm_submission_and_states_with_stand_in_commands(tmp_path, monkeypatc
     jobs = slurm.read_jobs(tmp_path / "tiny")
     assert [jobs[k]["job_id"] for k in keys] == ["4242_0", "4242_1", "4242_2"]
     rows = {r.key: r for r in status.status(p, tmp_path)}
-    assert [rows[k].state for k in keys] == ["running", "failed", "running"]
+    assert [rows[k].state for k in keys] == ["running", "failed", "pending"]
+    assert [rows[k].in_flight for k in keys] == [True, False, True]
     assert "4242_1 ended (FAILED)" in rows[keys[1]].detail and "PENDING" in rows[keys[2]].detail
     # Re-running submits only the failed run; the queued and running ones are left alone.
     report = grid.run(p, results_dir=tmp_path, wait=False, progress=False)
@@ -552,7 +572,44 @@ def test_slurm_submission_and_states_with_stand_in_commands(tmp_path, monkeypatc
     assert "--array" not in (bin_dir / "last.sbatch").read_text()  # one task: a plain job
     # sacct does not list the new job yet: just submitted, it counts as in flight (not resubmitted again).
     row = {r.key: r for r in status.status(p, tmp_path)}[keys[1]]
-    assert row.state == "running" and "SUBMITTED" in row.detail
+    assert row.state == "pending" and row.in_flight and "SUBMITTED" in row.detail
+
+
+def test_runs_per_job_packs_consecutive_runs_into_one_task(tmp_path, stand_in_slurm):
+    p = profile(
+        seeds=[0, 1, 2, 3, 4],
+        methods={"ce": {}},
+        executor={"kind": "submitit", "submitit": {"cluster": "slurm", "gpus_per_node": 0, "runs_per_job": 2}},
+    )
+    report = grid.run(p, results_dir=tmp_path, wait=False, progress=False)
+    keys = [f"digits/ce/default/seed{i}" for i in range(5)]
+    assert sorted(report.running) == keys
+    assert "--array=0-2%" in (stand_in_slurm / "last.sbatch").read_text()  # ceil(5 / 2) = 3 tasks
+    jobs = slurm.read_jobs(tmp_path / "tiny")
+    assert [jobs[k]["job_id"] for k in keys] == ["4242_0", "4242_0", "4242_1", "4242_1", "4242_2"]
+    # What each task will run: submitit's pickle of its GridTask.
+    tasks = [
+        submitit.helpers.DelayedSubmission.load(
+            tmp_path / "tiny" / "submitit" / f"4242_{i}" / f"4242_{i}_submitted.pkl"
+        )
+        for i in range(3)
+    ]
+    assert [[spec.key for spec in task.function.specs] for task in tasks] == [keys[:2], keys[2:4], keys[4:]]
+
+
+def test_gpus_asked_of_a_partition_without_them_stop_with_the_fix(tmp_path, monkeypatch):
+    # A stand-in sinfo: the default partition "cpu" has no GRES, "gpu" has GPUs on one of its node groups.
+    (tmp_path / "sinfo").write_text("#!/bin/sh\necho 'cpu*|(null)'\necho 'gpu|(null)'\necho 'gpu|gpu:a100:4'\n")
+    (tmp_path / "sinfo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    check, options = slurm.check_partition_has_gpus, profiles.SubmititOptions
+    check(options(partition="gpu"))
+    check(options(partition="cpu", gpus_per_node=0))  # no GPUs asked for
+    check(options(partition="elsewhere"))  # a partition sinfo does not list: sbatch's own error decides
+    with pytest.raises(ValueError, match=r"is 1, but the cluster's default partition has no GPUs .*GRES: \(null\)"):
+        check(options())
+    with pytest.raises(ValueError, match=r"is 2, but partition cpu has no GPUs.*set gpus_per_node: 0"):
+        check(options(partition="cpu", gpus_per_node=2))
 
 
 def test_submitit_local_cluster_refuses_a_flood(tmp_path):
@@ -561,6 +618,6 @@ def test_submitit_local_cluster_refuses_a_flood(tmp_path):
         methods={"ce": {}},
         executor={"kind": "submitit", "submitit": {"cluster": "local", "array_parallelism": 1}},
     )
-    with pytest.raises(ValueError, match="would start all 2 runs at once.*--executor local"):
+    with pytest.raises(ValueError, match="would start all 2 jobs at once.*--executor local"):
         grid.run(p, results_dir=tmp_path, wait=False, progress=False)
     assert slurm.read_jobs(tmp_path / "tiny") == {}

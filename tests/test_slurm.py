@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import threading
 import time
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
+from camri import status as camri_status
 from camri.cli import main
 
 pytestmark = pytest.mark.slurm
@@ -27,8 +29,10 @@ pytestmark = pytest.mark.slurm
 EPOCHS = 15
 TRAIN = {"epochs": EPOCHS, "width": 0.125, "z_dim": 16, "bn_momentum": 0.1, "device": "cpu"}
 CE, CAMRI = "digits/ce/default/seed0", "digits/camri/c3_m4pi64_s8/seed0"
-#: One CPU per job, no GPU, the cluster's default partition.
-SLURM = {"cluster": "slurm", "gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 10}
+#: One CPU per job, no GPU, the cluster's default partition; a waiting `camri grid` looks at its jobs every
+#: second (the default 30 s spares a real cluster's file system).
+SLURM = {"cluster": "slurm", "gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 10, "poll_s": 1}
+CE1, CAMRI1 = "digits/ce/default/seed1", "digits/camri/c3_m4pi64_s8/seed1"
 
 
 @pytest.fixture(autouse=True)
@@ -37,13 +41,15 @@ def one_thread(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
-def write_profile(folder: Path, name: str = "slurm", *, seeds=(0,), methods=None, **submitit) -> Path:
+def write_profile(
+    folder: Path, name: str = "slurm", *, seeds=(0,), methods=None, important=(3,), train=None, **submitit
+) -> Path:
     raw = {
         "name": name,
         "datasets": ["digits"],
         "seeds": list(seeds),
-        "train": dict(TRAIN),
-        "important": {"classes": {"digits": [3]}},
+        "train": {**TRAIN, **(train or {})},
+        "important": {"classes": {"digits": list(important)}},
         "methods": methods or {"ce": {}, "camri": {"margin": ["4pi/64"], "scale": [8]}},
         "executor": {"kind": "submitit", "submitit": {**SLURM, **submitit}},
     }
@@ -80,6 +86,48 @@ def sacct_states(job_id: str) -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
+#: sacct states of a job that has not ended yet.
+LIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED"}
+
+
+def final_states(job_id: str, timeout_s: float = 60) -> list[str]:
+    """``sacct_states`` once the job has ended: a waiting grid returns when its runs' records (or submitit's
+    result) are there, a moment before SLURM has seen the job's processes exit."""
+    wait_for(lambda: (sacct_states(job_id) or ["PENDING"])[-1] not in LIVE, timeout_s, f"{job_id} to end")
+    return sacct_states(job_id)
+
+
+def slurm_out(*command: str) -> str:
+    return subprocess.run(command, capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+def array_of(ids) -> str:
+    """The one array the given job ids ("<array>_<task>") belong to."""
+    (array,) = {job_id.split("_")[0] for job_id in ids}
+    return array
+
+
+def array_tasks(array: str) -> list[str]:
+    """The task ids SLURM's accounting lists for an array (once each, requeued or not)."""
+    return sorted(set(slurm_out("sacct", "-n", "-X", "-P", "-o", "JobID", "-j", array).split()))
+
+
+def snapshot(run_dir: Path) -> dict:
+    """Every file of a run folder with its bytes and modification time: what "left untouched" compares."""
+    return {
+        str(path.relative_to(run_dir)): (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in sorted(run_dir.rglob("*"))
+        if path.is_file()
+    }
+
+
+def status_rows(capsys, profile: Path, results: Path) -> tuple[dict, str]:
+    """``camri status``'s rows as {run key: line}, and its whole output."""
+    assert main(["status", "--profile", str(profile), "--results-dir", str(results)]) == 0
+    out = capsys.readouterr().out
+    return {line.split()[0]: line for line in out.splitlines() if line.startswith("digits/")}, out
+
+
 def epochs_logged(run_dir: Path) -> int:
     try:
         return max(0, len((run_dir / "metrics.csv").read_text().splitlines()) - 1)
@@ -113,7 +161,7 @@ def assert_same_records(run_dir: Path, reference: Path) -> None:
 def reference(tmp_path_factory) -> Path:
     """The profile's runs through the local executor: the records the cluster's must equal, bit for bit."""
     folder = tmp_path_factory.mktemp("local")
-    profile = write_profile(folder)
+    profile = write_profile(folder, seeds=(0, 1))
     assert (
         main(["grid", "--profile", str(profile), "--executor", "local", "--workers", "2", "--results-dir", str(folder)])
         == 0
@@ -130,37 +178,8 @@ def test_job_array_records_equal_the_local_executors(slurm_cluster, reference, t
     arrays = {job_id.split("_")[0] for job_id in ids.values()}
     assert len(arrays) == 1 and sorted(job_id.split("_")[1] for job_id in ids.values()) == ["0", "1"]
     for key, job_id in ids.items():
-        assert sacct_states(job_id) == ["COMPLETED"], key
+        assert final_states(job_id) == ["COMPLETED"], key
         assert_same_records(tmp_path / "slurm" / "runs" / key, reference / key)
-
-
-def test_success_comes_from_the_records_not_the_job_state(slurm_cluster, tmp_path, capsys):
-    # Task 0's job ends at once with exit status 0 (SLURM: COMPLETED) without running the run, as a job
-    # whose function swallowed an error would; task 1's is cancelled mid-run.
-    profile = write_profile(
-        tmp_path, seeds=(0, 1), methods={"ce": {}}, setup=['if [ "$SLURM_ARRAY_TASK_ID" = 0 ]; then exit 0; fi']
-    )
-    hollow, cancelled = "digits/ce/default/seed0", "digits/ce/default/seed1"
-    cancelled_dir = tmp_path / "slurm" / "runs" / cancelled
-
-    def cancel_mid_run():
-        wait_for(lambda: epochs_logged(cancelled_dir) >= 1, 180, "the first epoch of the run to cancel")
-        subprocess.run(["scancel", jobs(tmp_path)[cancelled]], check=True, timeout=30)
-
-    canceller = threading.Thread(target=cancel_mid_run, daemon=True)
-    canceller.start()
-    assert main(["grid", "--profile", str(profile), "--results-dir", str(tmp_path)]) == 1
-    canceller.join(timeout=1)
-    assert "0 of 2 runs done, 2 failed" in capsys.readouterr().out
-    ids = jobs(tmp_path)
-    assert sacct_states(ids[hollow]) == ["COMPLETED"] and sacct_states(ids[cancelled]) == ["CANCELLED"]
-    assert not (tmp_path / "slurm" / "runs" / hollow / "summary.json").exists()
-    assert not (cancelled_dir / "summary.json").exists() and 1 <= epochs_logged(cancelled_dir) < EPOCHS
-
-    assert main(["status", "--profile", str(profile), "--results-dir", str(tmp_path)]) == 0
-    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:-1]}
-    assert rows[hollow].split()[1] == "failed" and f"job {ids[hollow]} ended (COMPLETED) before the run" in rows[hollow]
-    assert rows[cancelled].split()[1] == "failed" and f"/{EPOCHS}]" in rows[cancelled]
 
 
 def test_requeued_and_preempted_jobs_resume_to_identical_records(slurm_cluster, reference, tmp_path):
@@ -197,3 +216,148 @@ def test_requeued_and_preempted_jobs_resume_to_identical_records(slurm_cluster, 
         assert 1 <= int(resumed.group(1)) < EPOCHS
         assert_same_records(runs / key, reference / key)
     assert "interrupted (SystemExit)" in (runs / CAMRI / "log.txt").read_text()  # submitit's own exit
+
+
+def test_array_parallelism_caps_the_tasks_running_at_once(slurm_cluster, tmp_path, capsys):
+    # The node could run both one-CPU tasks at once; with array_parallelism 1 SLURM runs them one by one.
+    assert int(slurm_out("sinfo", "-h", "-o", "%c").split()[0]) >= 2, "the cap is only visible on 2 or more CPUs"
+    profile = write_profile(tmp_path, seeds=(0, 1), methods={"ce": {}}, train={"epochs": 6}, array_parallelism=1)
+    assert main(["grid", "--profile", str(profile), "--results-dir", str(tmp_path), "--no-wait"]) == 0
+    ids, runs = jobs(tmp_path), tmp_path / "slurm" / "runs"
+    array = array_of(ids.values())
+    assert "#SBATCH --array=0-1%1" in slurm_out("scontrol", "write", "batch_script", array, "-")
+
+    most_running, seen, queued = 0, set(), []
+    deadline = time.monotonic() + 300
+    while not all((runs / key / "summary.json").is_file() for key in ids):
+        assert time.monotonic() < deadline, "timed out waiting for the two runs"
+        running = len(slurm_out("squeue", "-h", "-r", "-t", "RUNNING", "-j", array, "-o", "%i").split())
+        most_running = max(most_running, running)
+        rows, _ = status_rows(capsys, profile, tmp_path)
+        states = tuple(sorted(line.split()[1] for line in rows.values()))
+        assert states.count("running") <= 1, rows
+        queued += [line for line in rows.values() if line.split()[1] == "pending"]
+        seen.add(states)
+        time.sleep(0.3)
+    assert most_running == 1, f"squeue showed {most_running} tasks of the array running at once"
+    assert ("pending", "running") in seen, f"status never showed one task running and one queued: {seen}"
+    # Queued in SLURM (sacct: PENDING), or just submitted and not in sacct yet (SUBMITTED).
+    assert all(re.search(rf"slurm job {array}_\d (PENDING|SUBMITTED)$", line) for line in queued), queued
+    assert any(line.endswith("PENDING") for line in queued), queued
+    # SLURM's own record: the second task started only after the first had ended.
+    wait_for(lambda: all(sacct_states(j) == ["COMPLETED"] for j in ids.values()), 60, "the tasks' accounting")
+    spans = sorted(
+        line.split("|")[1:]
+        for line in slurm_out("sacct", "-n", "-X", "-P", "-o", "JobID,Start,End", "-j", array).splitlines()
+    )
+    assert len(spans) == 2 and spans[0][1] <= spans[1][0], spans
+
+
+def test_packed_runs_equal_the_local_executors_and_a_requeue_leaves_finished_runs_untouched(
+    slurm_cluster, reference, tmp_path
+):
+    """runs_per_job 3: four runs go out as ceil(4 / 3) = 2 array tasks. Task 0 (CE seed 0, CE seed 1, CAMRI
+    seed 0, in turn) is requeued from outside once its first run has finished and its second has started;
+    task 1 (CAMRI seed 1) once it has completed. Requeued, each task skips its finished runs without
+    touching their folders (records, log, lock) and resumes the interrupted one."""
+    profile = write_profile(tmp_path, seeds=(0, 1), runs_per_job=3)
+    assert main(["grid", "--profile", str(profile), "--results-dir", str(tmp_path), "--no-wait"]) == 0
+    ids, runs = jobs(tmp_path), tmp_path / "slurm" / "runs"
+    array = array_of(ids.values())
+    first, second = f"{array}_0", f"{array}_1"
+    assert ids == {CE: first, CE1: first, CAMRI: first, CAMRI1: second}
+
+    before = {}
+    deadline = time.monotonic() + 300
+    while len(before) < 2:
+        assert time.monotonic() < deadline, f"timed out before both requeues (done: {sorted(before)})"
+        if CE not in before and (runs / CE / "summary.json").is_file() and epochs_logged(runs / CE1) >= 1:
+            before[CE] = snapshot(runs / CE)
+            subprocess.run(["scontrol", "requeue", first], check=True, timeout=30)
+        if CAMRI1 not in before and sacct_states(second) == ["COMPLETED"]:
+            before[CAMRI1] = snapshot(runs / CAMRI1)
+            subprocess.run(["scontrol", "requeue", second], check=True, timeout=30)
+        time.sleep(0.1)
+    wait_for(
+        lambda: all(sacct_states(job)[-1:] == ["COMPLETED"] and len(sacct_states(job)) >= 2 for job in ids.values()),
+        300,
+        "the requeued tasks to finish",
+        poll_s=1,
+    )
+
+    assert array_tasks(array) == [first, second]
+    for key, files in before.items():
+        assert snapshot(runs / key) == files, f"{key} was finished, and its folder changed after the requeue"
+        folder = json.loads((tmp_path / "slurm" / "jobs.json").read_text())["jobs"][key]["folder"]
+        job_out = (Path(folder) / f"{ids[key]}_0_log.out").read_text()
+        assert f"== camri grid: {key} is finished; skipped" in job_out  # the requeued task did run again
+    resumed = re.search(rf"resuming after epoch (\d+) of {EPOCHS}", (runs / CE1 / "log.txt").read_text())
+    assert resumed and 1 <= int(resumed.group(1)) < EPOCHS
+    for key in ids:
+        assert_same_records(runs / key, reference / key)
+
+
+def test_status_from_the_scheduler_and_a_second_submission_of_only_the_missing_runs(
+    slurm_cluster, reference, tmp_path, capsys
+):
+    """Four tasks: CE seed 0 finishes; CE seed 1 is cancelled mid-run (scancel); CAMRI for class 12 (digits
+    has 10) raises inside the job; task 3's job exits 0 before its run starts (SLURM: COMPLETED), as a
+    job whose function hid an error would. Success comes from summary.json only: one run is done."""
+    profile = write_profile(
+        tmp_path, seeds=(0, 1), important=(12,), setup=['if [ "$SLURM_ARRAY_TASK_ID" = 3 ]; then exit 0; fi']
+    )
+    raising, hollow = "digits/camri/c12_m4pi64_s8/seed0", "digits/camri/c12_m4pi64_s8/seed1"
+    runs = tmp_path / "slurm" / "runs"
+    seen_running = []
+
+    def cancel_mid_run():
+        wait_for(lambda: epochs_logged(runs / CE1) >= 1, 180, "the first epoch of the run to cancel")
+        seen_running.append(next(r for r in camri_status.status(profile, tmp_path) if r.key == CE1))
+        subprocess.run(["scancel", jobs(tmp_path)[CE1]], check=True, timeout=30)
+
+    canceller = threading.Thread(target=cancel_mid_run, daemon=True)
+    canceller.start()
+    assert main(["grid", "--profile", str(profile), "--results-dir", str(tmp_path)]) == 1
+    canceller.join(timeout=1)
+    assert "1 of 4 runs done, 3 failed" in capsys.readouterr().out
+    first = jobs(tmp_path)
+    assert seen_running and seen_running[0].state == "running" and f"job {first[CE1]} RUNNING" in seen_running[0].detail
+    assert [final_states(first[key]) for key in (CE, CE1, raising, hollow)] == [
+        ["COMPLETED"],
+        ["CANCELLED"],
+        ["FAILED"],
+        ["COMPLETED"],
+    ]
+    assert not (runs / hollow).exists() and 1 <= epochs_logged(runs / CE1) < EPOCHS
+
+    rows, out = status_rows(capsys, profile, tmp_path)
+    assert [rows[key].split()[1] for key in (CE, CE1, raising, hollow)] == ["done", "cancelled", "failed", "failed"]
+    assert f"job {first[CE1]} ended (CANCELLED)" in rows[CE1] and f"/{EPOCHS}]" in rows[CE1]
+    assert "ValueError: important class 12 is out of range" in rows[raising]
+    assert f"job {first[hollow]} ended (COMPLETED) before the run started" in rows[hollow]
+    tail = out.split(CE1, 1)[1].split(raising, 1)[0]  # the cancelled run's block: its log's last lines
+    assert re.search(r"\| epoch \d+/15 ", tail), out
+    assert "| ValueError: important class 12 is out of range" in out.split(raising, 1)[1]
+    command = out.rstrip().splitlines()[-1].split(": ", 1)[1]
+    assert out.rstrip().splitlines()[-1].startswith("to train the 3 failed or cancelled run(s) again: ")
+    assert command == f"camri grid --profile {profile} --results-dir {tmp_path} --executor submitit"
+
+    # That command submits exactly the three missing runs, as one new array; the finished run is left alone.
+    assert main(shlex.split(command)[1:]) == 1
+    assert "2 of 4 runs done, 2 failed" in capsys.readouterr().out
+    second = jobs(tmp_path)
+    array = array_of([second[CE1], second[raising], second[hollow]])
+    assert second[CE] == first[CE] and array != array_of(first.values())
+    assert [second[key] for key in (CE1, raising, hollow)] == [f"{array}_{task}" for task in range(3)]
+    assert array_tasks(array) == [f"{array}_{task}" for task in range(3)]
+    assert "resuming after epoch" in (runs / CE1 / "log.txt").read_text()
+    assert_same_records(runs / CE1, reference / CE1)  # cancelled, resubmitted, resumed: the same run
+
+
+def test_gpus_on_a_partition_without_them_stop_before_anything_is_submitted(slurm_cluster, tmp_path, capsys):
+    profile = write_profile(tmp_path, gpus_per_node=1)
+    queued = slurm_out("squeue", "-h", "-o", "%i")
+    assert main(["grid", "--profile", str(profile), "--results-dir", str(tmp_path), "--no-wait"]) == 2
+    err = capsys.readouterr().err
+    assert "gpus_per_node is 1, but the cluster's default partition has no GPUs" in err and "gpus_per_node: 0" in err
+    assert not (tmp_path / "slurm" / "jobs.json").exists() and slurm_out("squeue", "-h", "-o", "%i") == queued

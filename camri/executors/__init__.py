@@ -84,9 +84,10 @@ class _NoBarTqdm(tqdm):
         super().__init__(*args, **kwargs)
 
 
-def execute_spec(spec, lock: RunLock | None = None) -> str:
+def execute_spec(spec, lock: RunLock | None = None, job: str | None = None) -> str:
     """Train ``spec`` (a ``camri.sweep.RunSpec``) in this process, under its run lock (``lock``: one
-    already held); output goes to the current stdout/stderr.
+    already held); output goes to the current stdout/stderr. ``job``: the submitit job id this runs in,
+    named in the log's start line (``camri status`` tells from it which job the latest attempt was in).
 
     Returns ``"done"``, or ``"busy"`` when another live process holds the run. Exceptions propagate."""
     from camri import train as camri_train
@@ -107,6 +108,7 @@ def execute_spec(spec, lock: RunLock | None = None) -> str:
         gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
         print(
             f"== camri grid: {spec.key} on {socket.gethostname()}, pid {os.getpid()}, {stamp}"
+            + (f", job {job}" if job is not None else "")
             + (f", CUDA_VISIBLE_DEVICES={gpus}" if gpus is not None else ""),
             file=sys.stderr,
             flush=True,

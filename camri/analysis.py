@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from camri import rundir
+from camri import names, rundir
 
 
 def _cell(value: Any) -> str:
@@ -86,7 +86,7 @@ def relative_variance_table(runs, selections, methods: Sequence[str] = ("CE", "A
         values = [float(by_path.at[p, "relative_angle_variance"].get(str(row.class_index), np.nan)) for p in row.paths]
         rows.append(
             {
-                "cell": f"{protocol.display_dataset(row.dataset)} {row.role}: {row.class_name}",
+                "cell": f"{names.display_dataset(row.dataset)} {row.role}: {row.class_name}",
                 "dataset": row.dataset,
                 "role": row.role,
                 "class_index": row.class_index,
@@ -169,7 +169,7 @@ def fig3_title(summary, min_accuracy: float) -> tuple[str, bool]:
     """The title of Fig. 3 from ``fig3_panels``' table, and whether the figure counts: both runs at or
     above ``min_accuracy`` test accuracy. Below it the title says plainly that the runs are under-trained,
     so that an untrained geometry is never read as the paper's effect."""
-    from camri.protocol import dataset_label
+    from camri.names import dataset_label
 
     datasets = ", ".join(dict.fromkeys(dataset_label(d) for d in summary["dataset"]))
     low = summary.drop_duplicates("method")

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from camri.io import atomic_write_text
-from camri.protocol import display_dataset
+from camri.names import display_dataset
 from camri.significance import format_difference, paired_difference
 
 HOLDS, FAILS, NOT_SHOWN, UNCHECKABLE = "holds", "does not hold", "not shown", "not checkable"

@@ -27,7 +27,7 @@ import ipywidgets as widgets
 import pandas as pd
 from matplotlib.figure import Figure
 
-from camri import geometry, plots, protocol, rundir
+from camri import geometry, names, plots, protocol, rundir
 
 #: The losses whose margin and scale the Fig. 2 explorer moves (the linear heads have neither).
 ANGULAR_LOSSES = ("l2softmax", "arcface", "camri")
@@ -79,7 +79,7 @@ def loss_contours_figure(margin: float, scale: float, *, losses: Sequence[str] =
     """``geometry.plot_loss_contours`` of ``losses`` at margin ``margin`` (radians) and scale ``scale``, titled
     with both; ``kwargs`` go to it (target, extent, resolution, levels, weight, fp_weight)."""
     fig = geometry.plot_loss_contours(losses, margin=margin, scale=scale, **kwargs)
-    fig.suptitle(f"m = {protocol.format_margin(margin)} rad, s = {scale:g}", fontsize=10)
+    fig.suptitle(f"m = {names.format_margin(margin)} rad, s = {scale:g}", fontsize=10)
     return fig
 
 
@@ -155,7 +155,7 @@ def angle_runs(
     rows = []
     cells = selections[["dataset", "role", "class_index", "class_name"]].drop_duplicates()
     for dataset, role, class_index, class_name in cells.itertuples(index=False):
-        label = f"{protocol.display_dataset(dataset)} {role}: {class_name}"
+        label = f"{names.display_dataset(dataset)} {role}: {class_name}"
         # Only the list of runs is wanted here (the choice is ``selections``'), so the test split serves.
         settings = protocol.cell_settings(runs, dataset, int(class_index), tolerance=tolerance, split="test")
         if methods is not None:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from camri import data as camri_data
-from camri import grid, rundir
+from camri import grid, names, rundir
 from camri.analysis import markdown_table
 from camri.io import atomic_write_text
 from camri.notebooks import profile_argument
@@ -220,12 +220,12 @@ class Study:
 
     def write_claims(self, runs, selections) -> Path:
         """``<root>/claims.md``: the paper's claims checked against these runs (``camri.claims``)."""
-        from camri import claims, protocol
+        from camri import claims
 
         important = {d: self.important(runs, d) for d in self.datasets if d not in self.profile.important.classes}
         table = claims.check_claims(selections, important, split=self.selection)
         t = self.profile.train
-        names = ", ".join(protocol.display_dataset(d) for d in self.datasets)
+        names = ", ".join(names.display_dataset(d) for d in self.datasets)
         context = [
             f"profile `{self.name}`: {names}; seeds {list(self.profile.seeds)}; "
             f"{t.get('epochs', 300)} epochs, width {t.get('width', 1.0)}",

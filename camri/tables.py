@@ -11,7 +11,7 @@ import pandas as pd
 
 from camri.io import atomic_write_text
 from camri.losses import DISPLAY_ORDER, LOSSES
-from camri.protocol import display_dataset
+from camri.names import display_dataset
 
 # The paper's rows, then CE with a post-hoc bias (camri.posthoc), a baseline the paper names but does not report.
 TABLE1_METHODS = tuple(LOSSES[name].display for name in DISPLAY_ORDER if LOSSES[name].in_table1) + ("CE+bias",)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from camri import analysis, posthoc, protocol, significance, tables
+from camri import analysis, names, posthoc, protocol, significance, tables
 
 K = 6
 CLASSES = [f"c{i}" for i in range(K)]
@@ -422,19 +422,18 @@ def test_threshold_curve_bad_input():
 
 
 def test_formatting():
-    assert protocol.format_margin(4 * PI64) == "4π/64"
-    assert protocol.format_margin(PI64) == "π/64" and protocol.format_margin(0.0) == "0"
-    assert protocol.format_margin(4.5 * PI64) == "4.5π/64"
-    assert protocol.format_hyperparameters("crwwce", {"weight": 2.0, "fp_weight": 0.5}) == "w=2, w_fp=0.5"
+    assert names.format_margin(4 * PI64) == "4π/64"
+    assert names.format_margin(PI64) == "π/64" and names.format_margin(0.0) == "0"
+    assert names.format_margin(4.5 * PI64) == "4.5π/64"
+    assert names.format_hyperparameters("crwwce", {"weight": 2.0, "fp_weight": 0.5}) == "w=2, w_fp=0.5"
     assert (
-        protocol.format_hyperparameters("camri", {"margin": (4 * PI64, 5 * PI64), "scale": 8.0})
-        == "m=(4π/64, 5π/64), s=8"
+        names.format_hyperparameters("camri", {"margin": (4 * PI64, 5 * PI64), "scale": 8.0}) == "m=(4π/64, 5π/64), s=8"
     )
-    assert protocol.display_dataset("awa2") == "AwA2" and protocol.display_dataset("digits") == "digits"
+    assert names.display_dataset("awa2") == "AwA2" and names.display_dataset("digits") == "digits"
 
 
 def test_display_dataset_recognises_an_imagefolder_copy():
-    from camri.protocol import display_dataset
+    from camri.names import display_dataset
 
     assert display_dataset("cifar10") == "CIFAR-10"
     assert display_dataset("imagefolder:/data/cifar10-jpeg.zip") == "CIFAR-10"
@@ -444,7 +443,7 @@ def test_display_dataset_recognises_an_imagefolder_copy():
 
 
 def test_dataset_label_names_a_data_set_as_readers_know_it_never_a_path():
-    from camri.protocol import dataset_label
+    from camri.names import dataset_label
 
     assert dataset_label("imagefolder:/work/shared/data/cifar10-jpeg.zip") == "CIFAR-10 (JPEG copy)"
     assert dataset_label("imagefolder:/data/gtsrb_png/") == "GTSRB (PNG copy)"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from camri import analysis, plots, protocol
+from camri import analysis, names, plots, protocol
 from camri.io import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
@@ -87,7 +87,7 @@ def angle_rows(runs: pd.DataFrame) -> list[str]:
         cat, right = labels == CAT, (labels == CAT) & (predicted == CAT)
         others = np.mean([theta[labels == k].var() for k in np.unique(labels) if k != CAT])
         cells = [f"{theta[m].mean():.1f} / {theta[m].var():.0f}" for m in (cat, right, cat & ~right)]
-        lines.append(f"| {run.method} {protocol.format_hyperparameters(run.loss, run._asdict())} | {run.seed} | "
+        lines.append(f"| {run.method} {names.format_hyperparameters(run.loss, run._asdict())} | {run.seed} | "
                      f"{run.epochs} | {' | '.join(cells)} | {others:.0f} | {theta[cat].var() / others:.2f} |")
     return lines
 

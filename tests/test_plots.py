@@ -143,6 +143,20 @@ def test_bar_and_point_figures():
     )
     chosen = pd.DataFrame({"role": ["worst1", "worst2", "median"], "class_index": [2, 0, 0]})
     assert drawn(plots.plot_class_recall(recalls, chosen=chosen))
+    fig = plots.plot_class_recall(recalls, chosen=chosen, split="validation")
+    assert fig.axes[0].get_ylabel() == "validation recall (CE)"
+    # Many long rotated names (GTSRB): the figure grows taller so the bars keep their height.
+    many = pd.DataFrame(
+        {
+            "class_index": range(43),
+            "class_name": ["End of no passing by vehicles over 3.5 t"] * 43,
+            "recall_mean": 0.9,
+            "recall_std": 0.0,
+            "n_seeds": 1,
+            "rank": range(43),
+        }
+    )
+    assert plots.plot_class_recall(many).get_figheight() > fig.get_figheight() + 2
     variance = pd.DataFrame(
         {
             "cell": ["d worst1", "d worst1"],

@@ -225,15 +225,15 @@ class Study:
         important = {d: self.important(runs, d) for d in self.datasets if d not in self.profile.important.classes}
         table = claims.check_claims(selections, important, split=self.selection)
         t = self.profile.train
-        names = ", ".join(names.display_dataset(d) for d in self.datasets)
+        shown = ", ".join(names.display_dataset(d) for d in self.datasets)
         context = [
-            f"profile `{self.name}`: {names}; seeds {list(self.profile.seeds)}; "
+            f"profile `{self.name}`: {shown}; seeds {list(self.profile.seeds)}; "
             f"{t.get('epochs', 300)} epochs, width {t.get('width', 1.0)}",
             self.protocol_note(selections).replace("\n\n", " "),
             "Comparisons pair the methods' chosen settings by seed: mean test difference with a 95 % "
             "interval (t below 10 pairs, bootstrap from 10); docs/protocol.md states every rule.",
         ]
-        return claims.write_claims(table, self.root, title=f"{self.name} ({names})", context=context)
+        return claims.write_claims(table, self.root, title=f"{self.name} ({shown})", context=context)
 
     # ---- Fig. 3 ----
     def fig3_runs(self) -> dict[str, Path]:

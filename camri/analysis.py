@@ -169,9 +169,7 @@ def fig3_title(summary, min_accuracy: float) -> tuple[str, bool]:
     """The title of Fig. 3 from ``fig3_panels``' table, and whether the figure counts: both runs at or
     above ``min_accuracy`` test accuracy. Below it the title says plainly that the runs are under-trained,
     so that an untrained geometry is never read as the paper's effect."""
-    from camri.names import dataset_label
-
-    datasets = ", ".join(dict.fromkeys(dataset_label(d) for d in summary["dataset"]))
+    datasets = ", ".join(dict.fromkeys(names.dataset_label(d) for d in summary["dataset"]))
     low = summary.drop_duplicates("method")
     low = low[low["accuracy"] < min_accuracy]
     if low.empty:

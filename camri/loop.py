@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -78,6 +79,18 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def learning_rate(base_lr: float, schedule: str, step: int, total_steps: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based, counted over the whole run of ``total_steps``):
+    ``base_lr`` for "constant"; for "cosine" base_lr · (1 + cos(π · step / total_steps)) / 2, SGDR's
+    annealing without restarts (Loshchilov & Hutter, ICLR 2017): base_lr at the first step, decreasing
+    to near 0 at the last one. A function of the step alone, so a resumed run needs no scheduler state."""
+    if schedule == "constant":
+        return base_lr
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; allowed are constant, cosine")
+
+
 def build_model(
     config: TrainConfig, *, in_channels: int, num_classes: int, placement: Placement
 ) -> tuple[Classifier, torch.optim.Optimizer]:
@@ -118,9 +131,12 @@ def train_epoch(
     placement: Placement,
     augment: bool = False,
     progress=None,
+    lr_at: Callable[[int], float] | None = None,
 ) -> EpochResult:
     """One epoch over (x_train, y_train) in the order drawn from (seed, epoch), batches of ``batch_size``
     (the last one partial). ``progress``: a tqdm bar of ``ceil(N / batch_size)`` steps, or None.
+    ``lr_at``: the learning rate of this epoch's step i (0-based), set before that step; None leaves the
+    optimiser's rate as it is.
 
     The tensors should already be on the device (camri.train.Run moves its data set there once): a batch
     is then gathered there, not on the CPU and copied every step. Raises NonFiniteLossError at the first
@@ -143,6 +159,9 @@ def train_epoch(
         with placement.autocast():
             z = model(x)
         loss = model.head(z, y)
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -276,6 +276,12 @@ class Run:
     def train_epoch(self, model, optimizer, epoch: int, bar=None) -> loop.EpochResult:
         """One epoch of camri.loop.train_epoch over this run's training set (``self.data`` as it is now)."""
         c, tensors = self.config, self._device_tensors()
+        steps = math.ceil(len(tensors["y_train"]) / c.batch_size)
+        done = (epoch - 1) * steps  # optimiser steps of the epochs before this one
+
+        def lr_at(step: int) -> float:
+            return loop.learning_rate(c.lr, c.lr_schedule, done + step, c.epochs * steps)
+
         return loop.train_epoch(
             model,
             optimizer,
@@ -287,6 +293,7 @@ class Run:
             placement=self.placement,
             augment=c.augment,
             progress=bar,
+            lr_at=lr_at,
         )
 
     def evaluate(self, model, split: str = "test") -> dict | None:

@@ -15,6 +15,7 @@ import torch
 
 from records import metrics_rows, summary_record
 from camri import data as camri_data
+from camri.loop import learning_rate
 from camri.losses import LOSS_NAMES, LinearHead
 from camri.train import ConfigMismatchError, NonFiniteLossError, Run, TrainConfig, train
 
@@ -140,6 +141,9 @@ def test_kill_and_resume_equals_uninterrupted(digits, tmp_path):
         "0.1",
         "--device",
         "cpu",
+        # The cosine schedule is a function of the global step: the resumed epochs must take the same rates.
+        "--lr-schedule",
+        "cosine",
         "--quiet",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -160,6 +164,44 @@ def test_kill_and_resume_equals_uninterrupted(digits, tmp_path):
     subprocess.run([*command, "--out", str(killed)], check=True, env=env, cwd=ROOT, timeout=300)
     assert metrics_rows(killed) == metrics_rows(tmp_path / "straight")
     assert summary_record(killed) == summary_record(tmp_path / "straight")
+
+
+def test_cosine_schedule_by_hand_and_applied_to_every_step_of_the_run(digits, tmp_path):
+    # By hand: lr · (1 + cos(π t / T)) / 2 at t = 0, T/4, T/2, T.
+    assert [learning_rate(1e-3, "cosine", t, 8) for t in (0, 2, 4, 8)] == pytest.approx(
+        [1e-3, 1e-3 * (1 + math.sqrt(0.5)) / 2, 0.5e-3, 0.0]
+    )
+    assert learning_rate(1e-3, "constant", 7, 8) == 1e-3
+    with pytest.raises(ValueError, match="allowed are constant, cosine"):
+        learning_rate(1e-3, "step", 0, 8)
+    seen = []
+    original = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    config = tiny(lr_schedule="cosine", lr=2e-3, validation_fraction=0.0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.Adam, "step", recording_step)
+        cosine = train(config, tmp_path / "cosine", quiet=True, dataset=digits)
+    steps = math.ceil(len(digits.y_train) / 64)
+    assert seen == pytest.approx([learning_rate(2e-3, "cosine", t, 2 * steps) for t in range(2 * steps)])
+    assert seen[0] == 2e-3 and 0 < seen[-1] < 2e-3 * 0.01  # the last step's rate is near 0
+    constant = train(config.replace(lr_schedule="constant"), tmp_path / "constant", quiet=True, dataset=digits)
+    assert cosine["accuracy"] != constant["accuracy"] or cosine["test_loss"] != constant["test_loss"]
+    assert json.loads((tmp_path / "cosine" / "config.json").read_text())["config"]["lr_schedule"] == "cosine"
+
+
+def test_a_run_stored_before_the_schedule_existed_is_a_constant_rate_run(digits, tmp_path):
+    config = tiny(epochs=1)
+    train(config, tmp_path, quiet=True, dataset=digits)
+    record = json.loads((tmp_path / "config.json").read_text())
+    del record["config"]["lr_schedule"]
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    assert train(config, tmp_path, quiet=True, dataset=digits)["accuracy"] > 0  # skipped as finished
+    with pytest.raises(ConfigMismatchError, match="lr_schedule: stored 'constant' vs now 'cosine'"):
+        train(config.replace(lr_schedule="cosine"), tmp_path, quiet=True, dataset=digits)
 
 
 def test_angle_statistics_match_hand_computation(digits, tmp_path):

@@ -205,5 +205,12 @@ def execute_notebooks(
             log(_failure_report(path, output, error))
             return False
         log(f"      done in {time.perf_counter() - start:.1f} s -> {output}")
-    log(f"figures: {root / 'figures'}\ntables: {root / 'tables'} and {root / 'table1.md'}")
+    log(outputs_line(root))
     return True
+
+
+def outputs_line(root: Path) -> str:
+    """The closing lines of a render of ``root`` (a profile's results folder): its figures and tables, and
+    Table 1 only when it is there (``--only 06`` renders no Table 1)."""
+    table1 = root / "table1.md"
+    return f"figures: {root / 'figures'}\ntables: {root / 'tables'}" + (f" and {table1}" if table1.exists() else "")

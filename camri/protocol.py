@@ -39,6 +39,7 @@ EXPERIMENT_FIELDS = (
     "epochs",
     "batch_size",
     "lr",
+    "lr_schedule",
     "width",
     "z_dim",
     "bn_momentum",

@@ -230,6 +230,12 @@ def test_figures_reports_missing_runs_and_trains_nothing(tmp_path):
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("config.json"))
 
 
+def test_the_closing_line_names_table1_only_when_it_is_there(tmp_path):
+    assert notebooks.outputs_line(tmp_path) == f"figures: {tmp_path / 'figures'}\ntables: {tmp_path / 'tables'}"
+    (tmp_path / "table1.md").write_text("| |\n")
+    assert notebooks.outputs_line(tmp_path).endswith(f"tables: {tmp_path / 'tables'} and {tmp_path / 'table1.md'}")
+
+
 def test_markdown_table():
     frame = pd.DataFrame({"a": [1.23456, float("nan")], "b": ["x|y", (1, 2)]})
     assert analysis.markdown_table(frame) == "| a | b |\n|---|---|\n| 1.235 | x\\|y |\n| – | 1, 2 |"

@@ -187,6 +187,20 @@ def test_mixed_experiments_and_duplicate_seeds_are_errors(grid):
         protocol.choose_important(runs[runs["epochs"] == 3], "cifar10")
 
 
+def test_runs_of_another_learning_rate_schedule_do_not_mix(grid):
+    write_run(grid, "ce/cosine", loss="ce", seed=7, recall=CE_RECALL[0], accuracy=0.8)
+    for name in ("config.json", "summary.json"):  # a finished run is read from its summary's config
+        path = grid / "ce" / "cosine" / name
+        record = json.loads(path.read_text())
+        record["config"]["lr_schedule"] = "cosine"
+        path.write_text(json.dumps(record))
+    runs = protocol.load_runs(grid)
+    assert set(runs["lr_schedule"]) == {"constant", "cosine"}  # stored before the field existed: constant
+    with pytest.raises(ValueError, match="differ in lr_schedule"):
+        protocol.choose_important(runs, "cifar10")
+    protocol.choose_important(runs[runs["lr_schedule"] == "constant"], "cifar10")
+
+
 # ---- important classes ---------------------------------------------------------------------------------
 
 

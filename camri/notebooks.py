@@ -1,9 +1,9 @@
 """Executing the numbered notebooks headlessly with papermill, in a Jupyter kernel of this Python.
 
 ``execute_notebooks(profile)`` runs ``notebooks/NN_*.ipynb`` in order into ``<results>/<profile>/notebooks/``
-with parameters PROFILE, RESULTS_DIR, TRAIN and the profile's ``notebooks.<stem>`` entries (matched to
-the names the notebook declares, ignoring case: ``papermill.inspect_notebook``). A failing notebook
-logs its failing cell and traceback.
+with parameters PROFILE, RESULTS_DIR, TRAIN (and PARTIAL for ``camri figures --partial``) and the profile's
+``notebooks.<stem>`` entries (matched to the names the notebook declares, ignoring case:
+``papermill.inspect_notebook``). A failing notebook logs its failing cell and traceback.
 """
 
 from __future__ import annotations
@@ -170,12 +170,14 @@ def execute_notebooks(
     notebook_dir: str | os.PathLike | None = None,
     only: Sequence[str] | None = None,
     kernel_name: str | None = None,
+    partial: bool = False,
     log: Callable[[str], None] = print,
 ) -> bool:
     """Execute the numbered notebooks in order with papermill into ``<results>/<profile>/notebooks/``.
 
     Returns True when all succeeded; on the first failing notebook logs its failing cell and traceback and
-    returns False. ``only``: notebook stems (or number prefixes such as "04") to run."""
+    returns False. ``only``: notebook stems (or number prefixes such as "04") to run. ``partial`` (with
+    ``train`` False): the notebooks that declare PARTIAL read the finished runs while some are missing."""
     import papermill
 
     profile = load_profile(profile)
@@ -183,6 +185,8 @@ def execute_notebooks(
     kernel = kernel_name or ensure_kernel()
     root = profile_dir(profile, results_dir)
     base = {"PROFILE": profile_argument(profile), "RESULTS_DIR": str(root.parent), "TRAIN": bool(train)}
+    if partial:  # only then: a notebook that does not declare PARTIAL still runs in a plain render
+        base["PARTIAL"] = True
     # Check every notebook's parameters before running any: a typo in the profile fails in seconds.
     plans = [(path, notebook_parameters(path, profile, base)) for path in notebooks]
     out_dir = root / "notebooks"

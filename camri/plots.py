@@ -49,6 +49,11 @@ def _figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def stamp(fig: Figure, text: str) -> None:
+    """Write ``text`` in red along the bottom edge of ``fig`` (a partial result says so on the figure itself)."""
+    fig.text(0.5, 0.002, text, ha="center", va="bottom", color="red", fontsize=8, fontweight="bold", wrap=True)
+
+
 def save_figure(fig: Figure, path_stem: str | Path, *, dpi: int = 150) -> dict[str, Path]:
     """Write ``<path_stem>.png`` and ``<path_stem>.pdf`` (each atomically); returns {"png"|"pdf": path}."""
     stem = Path(path_stem)

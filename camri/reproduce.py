@@ -16,7 +16,8 @@ and figure regeneration from stored results without training (``camri figures``)
 Re-running skips finished runs and re-renders everything.
 
 ``camri figures --profile demo`` checks that every run is finished (else says which are missing and how to
-train them) and executes the notebooks with ``TRAIN = False``: they only read stored runs.
+train them) and executes the notebooks with ``TRAIN = False``: they only read stored runs. With
+``--partial`` a campaign in progress renders from what has finished, every output marked PARTIAL.
 
 The notebooks' helpers are ``camri.study`` (``open_study``: the profile, its folders, its runs, Fig. 3's
 runs) and ``camri.analysis`` (tables); ``camri.notebooks`` executes them.
@@ -97,22 +98,27 @@ def figures(
     results_dir=None,
     notebook_dir=None,
     only: Sequence[str] | None = None,
+    partial: bool = False,
     log: Callable[[str], None] = print,
 ) -> int:
-    """``camri figures``: re-execute the notebooks on stored results (TRAIN = False); nothing is trained."""
+    """``camri figures``: re-execute the notebooks on stored results (TRAIN = False); nothing is trained.
+    ``partial``: render from the finished runs while some of the methods stage are missing (the baseline
+    must be finished); the outputs say PARTIAL and how many runs are missing."""
     profile = load_profile(profile)
     try:
         # Only what the chosen notebooks read (NOTEBOOK_NEEDS): Fig. 3 renders while the grid still runs.
         needs = notebook_needs(select_notebooks(notebook_dir, only))
         if needs & set(STAGES):
-            check_finished(profile, results_dir, [s for s in STAGES if s in needs])
+            check_finished(profile, results_dir, ["baseline"] if partial else [s for s in STAGES if s in needs])
         missing = [s.key for s in fig3_specs(profile, results_dir) if not s.finished] if "fig3" in needs else []
         if missing:
             raise MissingRunsError(missing_message(profile, missing, 2, "Fig. 3 runs"))
     except MissingRunsError as error:
         log(f"camri figures: {error}")
         return 1
-    ok = execute_notebooks(profile, results_dir, train=False, notebook_dir=notebook_dir, only=only, log=log)
+    ok = execute_notebooks(
+        profile, results_dir, train=False, notebook_dir=notebook_dir, only=only, partial=partial, log=log
+    )
     return 0 if ok else 1
 
 
@@ -131,7 +137,9 @@ def _reproduce_command(args) -> int:
 
 
 def _figures_command(args) -> int:
-    return figures(args.profile, results_dir=args.results_dir, notebook_dir=args.notebooks, only=args.only)
+    return figures(
+        args.profile, results_dir=args.results_dir, notebook_dir=args.notebooks, only=args.only, partial=args.partial
+    )
 
 
 def _common(parser) -> None:
@@ -175,4 +183,10 @@ def add_cli(subparsers) -> None:
         "re-render results/<profile>/figures, tables and notebooks. Missing runs are reported.",
     )
     _common(parser)
+    parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="render from the finished runs while some of the methods stage are still missing (a campaign "
+        "in progress); every table, figure and claims.md then says PARTIAL. The CE baseline must be finished",
+    )
     parser.set_defaults(func=_figures_command)

@@ -72,6 +72,9 @@ class Study:
     results_dir: str | None
     train: bool = True
     workers: int | None = None
+    # Read only (train False): the finished runs, even while some of the methods stage are still to come;
+    # every note, claims.md, Table 1's Markdown and LaTeX and every saved figure then say PARTIAL.
+    partial: bool = False
 
     @property
     def name(self) -> str:
@@ -116,7 +119,8 @@ class Study:
         """Train the runs of ``stages`` that are missing (``train``), or check that none is (not ``train``)."""
         stages = (stages,) if isinstance(stages, str) else tuple(stages)
         if not self.train:
-            check_finished(self.profile, self.results_dir, stages)
+            # Partial: the baseline must be complete all the same (it chooses the important classes).
+            check_finished(self.profile, self.results_dir, ("baseline",) if self.partial else stages)
             return
         report = grid.run(self.profile, stages, wait=True, workers=self.workers, results_dir=self.results_dir)
         if not report.complete:
@@ -128,6 +132,27 @@ class Study:
             important = choose_important(self.profile, self.results_dir, record=False)
             specs += expand(self.profile, "methods", important, results_dir=self.results_dir)
         return specs
+
+    def missing(self) -> tuple[list[str], int]:
+        """The keys of the methods stage's runs that are not finished, and how many runs that stage has
+        (after the baseline has finished; camri.sweep.expand)."""
+        specs = self.specs(("baseline", "methods"))
+        methods = [s for s in specs if s.stage == "methods"]
+        return [s.key for s in methods if not s.finished], len(methods)
+
+    def partial_note(self) -> str:
+        """Markdown: "" for a complete study; for a partial one (``partial`` and runs missing) how many
+        runs of the methods stage have finished and that every number here may change."""
+        if not self.partial:
+            return ""
+        missing, total = self.missing()
+        if not missing:
+            return ""
+        return (
+            f"**PARTIAL: {total - len(missing)} of {total} runs of the methods stage have finished** "
+            f"({len(missing)} missing, e.g. {missing[0]}). Every number here is from the finished runs "
+            "only and changes as the rest finish; a method without finished runs in a cell is empty."
+        )
 
     def runs(self, stages: Sequence[str] = STAGES):
         """The finished runs of ``stages`` (``camri.protocol.load_runs`` rows), after ``ensure(stages)``.
@@ -202,6 +227,8 @@ class Study:
             f'Important classes, "maintaining accuracy" (tolerance {p.accuracy_tolerance:g}) and the best '
             f"setting per method chosen {where}; numbers are {report}; n = {seeds} seeds per setting."
         ]
+        if self.partial_note():
+            lines.insert(0, self.partial_note())
         if fewest < 5:
             lines.append(
                 f"**Warning: {fewest} seed(s)** per setting at the fewest. The paper averaged ten trials; "
@@ -254,8 +281,11 @@ class Study:
     # ---- output ----
     def save(self, fig, name: str):
         """Save ``fig`` as ``figures/<name>.png`` and ``.pdf``; returns the figure (for display)."""
-        from camri.plots import save_figure
+        from camri.plots import save_figure, stamp
 
+        note = self.partial_note()
+        if note:  # a figure is looked at without its notebook: it says so itself
+            stamp(fig, note.split("**")[1])
         save_figure(fig, self.figures_dir / name)
         return fig
 
@@ -277,10 +307,14 @@ def open_study(
     train: bool = True,
     dataset: str | None = None,
     workers: int | None = None,
+    partial: bool = False,
 ) -> Study:
     """What a notebook starts with: the profile (a shipped name or a YAML path) restricted to ``dataset``
-    when given, its results root (None: ``<repo>/results``), and whether missing runs are trained."""
+    when given, its results root (None: ``<repo>/results``), and whether missing runs are trained.
+    ``partial`` (with ``train=False``): read what has finished of the methods stage, marked PARTIAL."""
     loaded = load_profile(profile)
     if dataset:
         loaded = restrict(loaded, dataset)
-    return Study(loaded, None if results_dir is None else str(results_dir), bool(train), workers)
+    if partial and train:
+        raise ValueError("partial = True reads stored runs only: use it with train = False (camri figures --partial)")
+    return Study(loaded, None if results_dir is None else str(results_dir), bool(train), workers, bool(partial))

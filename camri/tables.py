@@ -77,9 +77,10 @@ def _grids(table: pd.DataFrame):
         yield dataset, headers, cells
 
 
-def table1_markdown(table: pd.DataFrame) -> str:
-    """Table 1 as Markdown: one table per data set, rows = methods, columns = important classes."""
-    out = ["# Table 1", "", _CAPTION, ""]
+def table1_markdown(table: pd.DataFrame, note: str = "") -> str:
+    """Table 1 as Markdown: one table per data set, rows = methods, columns = important classes; ``note``
+    (Markdown, e.g. that the table is partial) under the caption."""
+    out = ["# Table 1", "", _CAPTION, ""] + ([note, ""] if note else [])
     for dataset, headers, cells in _grids(table):
         out += [f"## {dataset}", "", "| method | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
         out += [
@@ -113,9 +114,10 @@ def _latex(text: str) -> str:
     return "".join(_LATEX.get(char, char) for char in text)
 
 
-def table1_latex(table: pd.DataFrame) -> str:
-    """Table 1 as LaTeX (no packages needed): one tabular per data set, each cell a stacked tabular."""
-    out = ["% Table 1. " + _CAPTION]
+def table1_latex(table: pd.DataFrame, note: str = "") -> str:
+    """Table 1 as LaTeX (no packages needed): one tabular per data set, each cell a stacked tabular;
+    ``note`` as a comment line under the caption's."""
+    out = ["% Table 1. " + _CAPTION] + (["% " + note.replace("**", "")] if note else [])
     for dataset, headers, cells in _grids(table):
         columns = len(headers) + 1
         out += [
@@ -209,8 +211,9 @@ def table1(selections: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def write_table1(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
-    """Write table1.csv, table1.md and table1.tex into ``out_dir``, each atomically; returns the paths."""
+def write_table1(table: pd.DataFrame, out_dir: str | Path, note: str = "") -> dict[str, Path]:
+    """Write table1.csv, table1.md and table1.tex into ``out_dir``, each atomically; returns the paths.
+    ``note`` goes into the Markdown and LaTeX (the CSV's n_seeds column says how many runs each row has)."""
     out_dir = Path(out_dir)
-    texts = {"csv": table1_csv(table), "md": table1_markdown(table), "tex": table1_latex(table)}
+    texts = {"csv": table1_csv(table), "md": table1_markdown(table, note), "tex": table1_latex(table, note)}
     return {kind: atomic_write_text(out_dir / f"table1.{kind}", text) for kind, text in texts.items()}

@@ -21,6 +21,7 @@ import nbformat
 import pandas as pd
 import papermill
 import pytest
+from matplotlib.figure import Figure
 from PIL import Image
 
 from camri import analysis, cli, notebooks, posthoc, protocol, reproduce, study, sweep, tables
@@ -353,6 +354,35 @@ def test_figures_command_rerenders_from_stored_results_without_training(smoke, t
     book = nbformat.read(out / "notebooks" / "01_ce_baseline.ipynb", as_version=4)
     injected = next(c for c in book.cells if "injected-parameters" in c.metadata.get("tags", []))
     assert "TRAIN = False" in injected.source
+
+
+def test_figures_partial_renders_a_campaign_in_progress_and_says_so_everywhere(smoke, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(smoke.results, results)
+    out = results / "smoke"
+    camri_run = next(p.parent for p in (out / "runs").rglob("summary.json") if "/camri/" in str(p))
+    (camri_run / "summary.json").unlink()  # CAMRI's run still in progress: its cell has no finished run
+    refused = camri_command("figures", "--profile", smoke.profile, "--results-dir", results, "--only", "04")
+    assert refused.returncode == 1 and "1 of 4 runs of the methods stage" in refused.stdout
+    proc = camri_command(
+        "figures", "--profile", smoke.profile, "--results-dir", results, "--only", "02", "03", "04", "05", "--partial"
+    )
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    mark = "PARTIAL: 3 of 4 runs of the methods stage have finished"
+    assert mark in (out / "table1.md").read_text() and mark in (out / "table1.tex").read_text()
+    assert mark in (out / "claims.md").read_text()
+    for stem in ("02_arcface", "03_camri", "04_table1", "05_angles"):
+        assert mark in (out / "notebooks" / f"{stem}.ipynb").read_text(), stem
+    table = pd.read_csv(out / "table1.csv").set_index("method")
+    assert table.at["CAMRI", "n_seeds"] == 0 and table.at["ArcFace", "n_seeds"] == 1  # the missing cell is empty
+    in_progress = study.open_study(smoke.profile, results, train=False, partial=True)
+    figure = Figure()
+    in_progress.save(figure, "partial_probe")
+    assert any(mark in t.get_text() for t in figure.texts)  # every saved figure carries the mark itself
+    complete = study.open_study(smoke.profile, smoke.results, train=False, partial=True)
+    assert complete.partial_note() == "" and complete.missing() == ([], 4)  # nothing missing: no mark
+    with pytest.raises(ValueError, match="partial = True reads stored runs only"):
+        study.open_study(smoke.profile, results, train=True, partial=True)
 
 
 def test_a_failing_notebook_fails_the_command_with_its_cell_and_traceback(smoke, tmp_path):

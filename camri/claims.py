@@ -160,6 +160,12 @@ def _angle_claim(dataset: str, role: str, class_name: str, camri: Mapping | None
 def _best_claim(cells: list[tuple[str, str, str, dict]], with_bias: bool) -> dict:
     methods = TABLE_METHODS + (("CE+bias",) if with_bias else ())
     label = " (CE+bias competing)" if with_bias else ""
+    # A cell without finished CAMRI runs (a campaign in progress: camri figures --partial) is not counted
+    # either way: it is no evidence against CAMRI.
+    without = [f"{d} {r} ({c})" for d, r, c, chosen in cells if "CAMRI" not in chosen]
+    cells = [cell for cell in cells if "CAMRI" in cell[3]]
+    if without and not cells:
+        return _row("best", "all", versus="CE+bias" if with_bias else "", evidence="no cell has finished CAMRI runs")
     best, lost = 0, []
     for dataset, role, class_name, chosen in cells:
         qualified = {m: chosen[m]["recall_mean"] for m in methods if m in chosen and chosen[m]["qualified"]}
@@ -174,6 +180,8 @@ def _best_claim(cells: list[tuple[str, str, str, dict]], with_bias: bool) -> dic
     evidence = f"CAMRI best in {best} of {len(cells)} cells{label} (the poster: 8 of 9)"
     if lost:
         evidence += "; best elsewhere: " + "; ".join(lost)
+    if without:
+        evidence += f"; not counted, no finished CAMRI runs: {'; '.join(without)}"
     return _row("best", "all", versus="CE+bias" if with_bias else "", verdict=verdict, evidence=evidence)
 
 

@@ -110,6 +110,19 @@ def test_verdicts_on_constructed_cells(selections, important):
     assert "CAMRI best in 1 of 3 cells" in best["evidence"] and "worst1 (cat): WCE" in best["evidence"]
 
 
+def test_cells_without_camri_runs_do_not_count_against_it(selections, important):
+    # A campaign in progress (camri figures --partial): worst2 and median have no finished CAMRI run yet.
+    partial = selections[(selections["role"] == "worst1") | (selections["method"] != "CAMRI")]
+    table = claims.check_claims(partial, important)
+    best = table[(table["claim"] == "best") & (table["versus"] == "")].iloc[0]
+    assert best["verdict"] == claims.FAILS and "CAMRI best in 0 of 1 cells" in best["evidence"]
+    assert "not counted, no finished CAMRI runs: CIFAR-10 worst2 (dog); CIFAR-10 median (airplane)" in best["evidence"]
+    assert verdict(table, "recall", "median") == claims.UNCHECKABLE
+    none = claims.check_claims(selections[selections["method"] != "CAMRI"], important)
+    best = none[(none["claim"] == "best") & (none["versus"] == "")].iloc[0]
+    assert best["verdict"] == claims.UNCHECKABLE and best["evidence"] == "no cell has finished CAMRI runs"
+
+
 def test_markdown_and_quotes(selections, important, tmp_path):
     table = claims.check_claims(selections, important)
     path = claims.write_claims(

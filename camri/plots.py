@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.ticker import MaxNLocator
 
 from camri.io import atomic_write
@@ -50,8 +51,15 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def stamp(fig: Figure, text: str) -> None:
-    """Write ``text`` in red along the bottom edge of ``fig`` (a partial result says so on the figure itself)."""
-    fig.text(0.5, 0.002, text, ha="center", va="bottom", color="red", fontsize=8, fontweight="bold", wrap=True)
+    """Write ``text`` in red along the bottom edge of ``fig`` (a partial result says so on the figure itself),
+    in a strip of 0.3 inch added below the plots: the figure grows, and a constrained layout keeps out of it."""
+    strip_in = 0.3
+    height = fig.get_figheight() + strip_in
+    fig.set_figheight(height)
+    engine = fig.get_layout_engine()
+    if isinstance(engine, ConstrainedLayoutEngine):
+        engine.set(rect=(0, strip_in / height, 1, 1 - strip_in / height))
+    fig.text(0.5, 0.1 * strip_in / height, text, ha="center", va="bottom", color="red", fontsize=9, fontweight="bold")
 
 
 def save_figure(fig: Figure, path_stem: str | Path, *, dpi: int = 150) -> dict[str, Path]:

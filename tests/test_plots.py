@@ -233,3 +233,17 @@ def test_epoch_curves_plot_one_line_and_band_per_setting():
     ]
     assert right.get_ylabel() == "recall of cat"
     np.testing.assert_allclose(left.lines[0].get_ydata(), [0.5, 0.6])
+
+
+def test_stamp_adds_a_strip_below_the_plots_for_its_text(tmp_path):
+    fig = Figure(figsize=(4.0, 3.0), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_xlabel("x label")
+    fig.draw_without_rendering()
+    bottom_before = ax.get_position().y0 * 3.0  # inches above the figure's bottom edge
+    plots.stamp(fig, "PARTIAL: 1 of 2 runs")
+    fig.draw_without_rendering()
+    assert fig.get_figheight() == pytest.approx(3.3)
+    assert ax.get_position().y0 * 3.3 == pytest.approx(bottom_before + 0.3, abs=0.02)  # the plots moved up
+    (text,) = fig.texts
+    assert text.get_text() == "PARTIAL: 1 of 2 runs" and text.get_position()[1] * 3.3 < 0.3  # in the strip

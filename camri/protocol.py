@@ -36,6 +36,7 @@ DEFAULT_TOLERANCE = 0.005
 EXPERIMENT_FIELDS = (
     "validation_fraction",
     "split_seed",
+    "validation_groups",
     "epochs",
     "batch_size",
     "lr",

@@ -232,8 +232,13 @@ def fig3_specs(profile: Profile | str, results_dir=None) -> list[RunSpec]:
     profile = load_profile(profile)
     fig3 = profile.fig3
     dataset = fig3_dataset(fig3.dataset, profile.data_dir)
+    # MNIST and digits have no groups of near-duplicates: their split is by image whatever the grid uses.
     base = profile.base_config().replace(
-        z_dim=2, dataset=dataset, seed=fig3.seed, **({"epochs": fig3.epochs} if fig3.epochs is not None else {})
+        z_dim=2,
+        dataset=dataset,
+        seed=fig3.seed,
+        validation_groups=False,
+        **({"epochs": fig3.epochs} if fig3.epochs is not None else {}),
     )
     important = int(fig3.important) if str(fig3.important).isdigit() else fig3.important
     root = profile_dir(profile, results_dir) / "fig3"

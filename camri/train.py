@@ -179,7 +179,9 @@ class Run:
             else camri_data.load(config.dataset, data_dir=config.data_dir, image_size=config.image_size)
         )
         # The validation split is carved here, from the config, so every run of a profile has the same one.
-        self.data = loaded.with_validation(config.validation_fraction, config.split_seed)
+        self.data = loaded.with_validation(
+            config.validation_fraction, config.split_seed, by_group=config.validation_groups
+        )
         # The last check of the config needs the data set's class names; nothing is written before it.
         self.config = config.replace(important=tuple(resolve_important(config.important, self.data.classes)))
         self.device = resolve_device(self.config.device)

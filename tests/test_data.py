@@ -325,10 +325,11 @@ def test_mnist_laid_out_by_hand_is_read_without_network(tmp_path):
 
 def test_gtsrb_laid_out_by_hand_is_resized(tmp_path):
     base = tmp_path / "gtsrb"
-    for cls in ("00000", "00001"):
+    # The official names: <track>_<frame>.ppm. Class 0: one track of 2 frames; class 1: 2 tracks of 1.
+    for cls, names in (("00000", ("00000_00000", "00000_00001")), ("00001", ("00000_00000", "00001_00000"))):
         (base / "GTSRB" / "Training" / cls).mkdir(parents=True)
-        for i in range(2):
-            pixels(i, size=(30 + i, 33)).save(base / "GTSRB" / "Training" / cls / f"{i:05d}.ppm")
+        for i, name in enumerate(names):
+            pixels(i, size=(30 + i, 33)).save(base / "GTSRB" / "Training" / cls / f"{name}.ppm")
     (base / "GTSRB" / "Final_Test" / "Images").mkdir(parents=True)
     pixels(8, size=(40, 41)).save(base / "GTSRB" / "Final_Test" / "Images" / "00000.ppm")
     (base / "GT-final_test.csv").write_text(
@@ -337,6 +338,14 @@ def test_gtsrb_laid_out_by_hand_is_resized(tmp_path):
     ds = data.load("gtsrb", data_dir=tmp_path, download=False, image_size=8)
     assert ds.image_shape == (3, 8, 8) and ds.y_train.tolist() == [0, 0, 1, 1] and ds.y_test.tolist() == [1]
     assert ds.num_classes == 43 and ds.classes[14] == "Stop"
+    assert ds.groups_train.tolist() == [0, 0, 100_000, 100_001]  # a track per class: class · 10⁵ + track
+    cached = data.load("gtsrb", data_dir=tmp_path, download=False, image_size=8)  # from the cache this time
+    assert torch.equal(cached.groups_train, ds.groups_train)
+    for old in (tmp_path / "cache").glob("*.pt"):
+        old.unlink()
+    (base / "GTSRB" / "Training" / "00001" / "00001_00000.ppm").rename(base / "GTSRB" / "Training" / "00001" / "x.ppm")
+    with pytest.raises(DataError, match=r"x.ppm is not named <track>_<frame>.ppm"):
+        data.load("gtsrb", data_dir=tmp_path, download=False, image_size=8)
 
 
 def test_absent_torchvision_set_fails_fast_and_says_how(tmp_path):

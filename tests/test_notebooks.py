@@ -171,11 +171,12 @@ def test_fig3_specs_come_from_the_profile(tmp_path):
             "name": "p",
             "datasets": ["digits"],
             "data_dir": str(tmp_path / "data"),
-            "train": {"epochs": 7, "width": 0.5},
+            "train": {"epochs": 7, "width": 0.5, "validation_groups": True},
             "fig3": {"margin": "8pi/64", "scale": 8},
         }
     )
     ce, camri = sweep.fig3_specs(profile, tmp_path)
+    assert not ce.config.validation_groups  # the grid's GTSRB tracks; digits and MNIST have no groups
     assert ce.config.dataset == "digits"  # no MNIST in that data directory
     assert (ce.config.z_dim, ce.config.epochs, ce.config.width, ce.config.loss) == (2, 7, 0.5, "ce")
     assert (camri.config.loss, camri.config.important, camri.config.scale) == ("camri", (3,), 8.0)

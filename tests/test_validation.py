@@ -1,6 +1,7 @@
 """The validation-split protocol (docs/protocol.md): the split, what runs record on it, selection on it
 against selection on test, the missing-validation error, last-k reporting and the CE+bias rows."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from camri import data as camri_data
 from camri import posthoc, protocol, tables
+from camri.data.dataset import grouped_split
 from camri.train import Run, TrainConfig, train
 from test_protocol import CLASSES, write_run
 
@@ -185,3 +187,43 @@ def test_ce_plus_bias_row_is_tuned_on_validation_and_reported_on_test(tmp_path):
         protocol.select_all(runs, tolerance=0.0, bias=True, important={"cifar10": [1]}, roles=["worst1"])
     ).set_index("method")
     assert table.at["CE+bias", "recall_mean"] == pytest.approx(2 / 3) and table.at["CE+bias", "n_seeds"] == 2
+
+
+def test_a_grouped_split_holds_out_whole_groups_per_class():
+    # 3 classes; groups of 3 to 5 images, each within one class (as GTSRB's tracks are).
+    rng = np.random.default_rng(1)
+    sizes = rng.integers(3, 6, size=30)
+    groups = np.repeat(np.arange(30), sizes)
+    labels = np.repeat(np.arange(30) % 3, sizes)
+    kept, held = grouped_split(labels, groups, 0.2, seed=0)
+    kept, held = kept.numpy(), held.numpy()
+    assert sorted(np.concatenate([kept, held]).tolist()) == list(range(len(labels)))
+    assert not set(groups[kept]) & set(groups[held])  # no group on both sides
+    for label in range(3):
+        share = np.sum(labels[held] == label) / np.sum(labels == label)
+        assert 0.2 <= share < 0.2 + 5 / np.sum(labels == label)  # at least the fraction, a group more at most
+    again, _ = grouped_split(labels, groups, 0.2, seed=0)
+    other, _ = grouped_split(labels, groups, 0.2, seed=1)
+    assert np.array_equal(again.numpy(), kept) and not np.array_equal(other.numpy(), kept)
+    with pytest.raises(ValueError, match="class 2 of the data: it has 1 group"):
+        grouped_split(labels, np.where(labels == 2, 99, groups), 0.2, seed=0)
+    with pytest.raises(ValueError, match="images of several classes"):
+        grouped_split(labels, groups // 2, 0.2, seed=0)
+
+
+def test_validation_groups_on_a_data_set_split_by_group(digits, tmp_path):
+    groups = torch.arange(len(digits.y_train)) // 4 * 10 + digits.y_train  # groups of up to 4, one class each
+    grouped = dataclasses.replace(digits, groups_train=groups)
+    split = grouped.with_validation(0.1, 0, by_group=True)
+    held = set(groups.tolist()) - set(split.groups_train.tolist())  # the groups no training image has
+    assert held and int(torch.isin(groups, torch.tensor(sorted(held))).sum()) == len(split.y_val)  # whole groups
+    assert len(split.y_val) + len(split.y_train) == len(digits.y_train)
+    assert len(split.groups_train) == len(split.y_train)
+    with pytest.raises(ValueError, match="validation_groups: digits has no groups"):
+        digits.with_validation(0.1, 0, by_group=True)
+    config = TrainConfig(
+        dataset="digits", loss="ce", epochs=1, width=0.125, z_dim=16, device="cpu", validation_groups=True
+    )
+    with pytest.raises(ValueError, match="set validation_groups: false"):
+        Run(config, tmp_path / "run", dataset=digits)
+    assert not (tmp_path / "run").exists()  # nothing written

@@ -25,7 +25,8 @@ AWA2_DEFAULT_SIZE = 64
 # Side length of the sets whose images all have one size; None: resized to image_size on decoding.
 _NATIVE_SIZE = {"digits": 8, "mnist": 28, "fashion-mnist": 28, "cifar10": 32, "gtsrb": None, "awa2": None}
 _NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion-mnist": 10, "cifar10": 10, "gtsrb": 43, "awa2": 50}
-_CACHE_FORMAT = 1
+# 2: caches carry groups_train (GTSRB's tracks); a format-1 cache is rebuilt once, with a warning.
+_CACHE_FORMAT = 2
 
 
 # ---- public API ---------------------------------------------------------------------------------------
@@ -233,7 +234,13 @@ def _read_cache(path: Path) -> DataSet | None:
         if blob.get("format") != _CACHE_FORMAT:
             raise ValueError(f"cache format {blob.get('format')!r}, expected {_CACHE_FORMAT}")
         dataset = DataSet(
-            blob["name"], blob["x_train"], blob["y_train"], blob["x_test"], blob["y_test"], list(blob["classes"])
+            blob["name"],
+            blob["x_train"],
+            blob["y_train"],
+            blob["x_test"],
+            blob["y_test"],
+            list(blob["classes"]),
+            groups_train=blob["groups_train"],
         )
         _validate(dataset)
         return dataset
@@ -256,6 +263,7 @@ def _write_cache(path: Path, dataset: DataSet) -> None:
                 "x_test": dataset.x_test,
                 "y_test": dataset.y_test,
                 "classes": list(dataset.classes),
+                "groups_train": dataset.groups_train,
             },
             f,
         ),
@@ -280,6 +288,9 @@ def _validate(dataset: DataSet) -> None:
             )
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(dataset.classes)):
             raise ValueError(f"{split} labels outside 0..{len(dataset.classes) - 1}")
+    groups = dataset.groups_train
+    if groups is not None and (groups.dtype != torch.int64 or groups.shape != dataset.y_train.shape):
+        raise ValueError(f"groups_train is {groups.dtype} {tuple(groups.shape)}, not int64 of y_train's shape")
     if dataset.x_train.shape[1:] != dataset.x_test.shape[1:]:
         raise ValueError("train and test images differ in shape")
 

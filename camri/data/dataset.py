@@ -19,7 +19,9 @@ class DataSet:
 
     ``x_train``: uint8 N×C×H×W, ``y_train``: int64 N (same for test); ``classes[k]`` names label k.
     ``x_val`` / ``y_val``: the validation split carved from the training set (``with_validation``), empty
-    (0 images) until then.
+    (0 images) until then. ``groups_train``: int64 N or None, a group id per training image where the
+    source has groups of near-duplicates (GTSRB: the ~30 frames of one track, one physical sign filmed in
+    a row), so that a validation split can hold out whole groups.
     """
 
     name: str
@@ -30,6 +32,7 @@ class DataSet:
     classes: list[str]
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
+    groups_train: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.x_val is None:
@@ -52,12 +55,14 @@ class DataSet:
             f"test={len(self.y_test)}, image_shape={self.image_shape}, num_classes={self.num_classes})"
         )
 
-    def with_validation(self, fraction: float, seed: int = 0) -> DataSet:
+    def with_validation(self, fraction: float, seed: int = 0, *, by_group: bool = False) -> DataSet:
         """This data set with a stratified ``fraction`` of its training images moved to the validation split.
 
-        The split depends only on the training labels, ``fraction`` and ``seed`` (not on a run's seed), so
-        every method and seed of a profile trains on the same images and is selected on the same ones.
-        ``fraction`` 0 leaves the data set as it is (no validation split: the paper's protocol).
+        The split depends only on the training labels (and groups), ``fraction`` and ``seed`` (not on a run's
+        seed), so every method and seed of a profile trains on the same images and is selected on the same
+        ones. ``fraction`` 0 leaves the data set as it is (no validation split: the paper's protocol).
+        ``by_group``: hold out whole groups (``grouped_split``), so that no validation image has a
+        near-duplicate in training; the data set must have ``groups_train``.
         """
         if not 0 <= fraction < 1:
             raise ValueError(f"validation_fraction must be in [0, 1); got {fraction}")
@@ -65,13 +70,23 @@ class DataSet:
             return self
         if len(self.y_val):
             raise ValueError(f"{self.name} already has a validation split of {len(self.y_val)} images")
-        train, val = stratified_split(self.y_train.numpy(), fraction, seed, what=f"{self.name}'s training set")
+        what = f"{self.name}'s training set"
+        if by_group:
+            if self.groups_train is None:
+                raise ValueError(
+                    f"validation_groups: {self.name} has no groups of near-duplicate images (only gtsrb has: "
+                    "its tracks); set validation_groups: false for it"
+                )
+            train, val = grouped_split(self.y_train.numpy(), self.groups_train.numpy(), fraction, seed, what=what)
+        else:
+            train, val = stratified_split(self.y_train.numpy(), fraction, seed, what=what)
         return replace(
             self,
             x_train=self.x_train[train],
             y_train=self.y_train[train],
             x_val=self.x_train[val],
             y_val=self.y_train[val],
+            groups_train=None if self.groups_train is None else self.groups_train[train],
         )
 
 
@@ -90,6 +105,39 @@ def stratified_split(
             "use a larger data set or another fraction (validation_fraction: 0 turns it off)"
         ) from None
     return torch.from_numpy(np.sort(kept)), torch.from_numpy(np.sort(held))
+
+
+def grouped_split(
+    labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int, *, what: str = "the data"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (kept, held out) of a deterministic split that holds out whole groups, per class: each
+    class's groups in an order drawn from ``seed``, held out until they hold at least ``fraction`` of the
+    class's images (at least one group held out and one kept). The held-out share is therefore about
+    ``fraction``, a group's size more at most. A group must belong to one class (GTSRB's tracks do).
+    Each index list is sorted, so the splits keep the source order."""
+    pairs = np.unique(np.stack([groups, labels]), axis=1)  # the distinct (group, label) pairs
+    if len(np.unique(pairs[0])) != pairs.shape[1]:
+        raise ValueError(f"some groups of {what} hold images of several classes: a group must belong to one class")
+    rng = np.random.default_rng(seed)
+    held = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        ids = np.unique(groups[members])
+        if len(ids) < 2:
+            raise ValueError(
+                f"cannot hold out whole groups of class {label} of {what}: it has {len(ids)} group; "
+                "set validation_groups: false"
+            )
+        target, count = fraction * len(members), 0
+        for group in rng.permutation(ids)[: len(ids) - 1]:
+            if count >= target:
+                break
+            chosen = members[groups[members] == group]
+            held.append(chosen)
+            count += len(chosen)
+    held_out = np.sort(np.concatenate(held))
+    kept = np.setdiff1d(np.arange(len(labels)), held_out)
+    return torch.from_numpy(kept), torch.from_numpy(held_out)
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +143,27 @@ def _load_gtsrb(root: Path, download: bool, size: int) -> DataSet:
             f"gtsrb {split}",
         )
         tensors += [x, torch.from_numpy(labels)]
-    return DataSet("gtsrb", *tensors, list(GTSRB_CLASSES))
+        if split == "train":
+            # torchvision's (path, label) list, in the order of ds[i]: the file names carry the tracks.
+            groups = torch.from_numpy(gtsrb_tracks(ds._samples))
+    return DataSet("gtsrb", *tensors, list(GTSRB_CLASSES), groups_train=groups)
+
+
+def gtsrb_tracks(samples: list[tuple[str, int]]) -> np.ndarray:
+    """One group id per GTSRB training image: its track, unique over classes (class · 10⁵ + track). The
+    official training files are named <track>_<frame>.ppm, about 30 frames of one physical sign per track
+    (GTSRB's readme), so frames of one track are near-duplicates that must not straddle a split."""
+    ids = []
+    for path, label in samples:
+        stem = Path(path).stem
+        track, sep, _ = stem.partition("_")
+        if not sep or not track.isdigit():
+            raise DataError(
+                f"gtsrb: training file {path} is not named <track>_<frame>.ppm as the official set is; "
+                "delete the gtsrb folder and extract the official archive again"
+            )
+        ids.append(label * 100_000 + int(track))
+    return np.asarray(ids, dtype=np.int64)
 
 
 def resized(dataset: DataSet, size: int | None) -> DataSet:
@@ -162,9 +183,7 @@ def resized(dataset: DataSet, size: int | None) -> DataSet:
             ]
         )
 
-    return DataSet(
-        dataset.name, resize(dataset.x_train), dataset.y_train, resize(dataset.x_test), dataset.y_test, dataset.classes
-    )
+    return replace(dataset, x_train=resize(dataset.x_train), x_test=resize(dataset.x_test))
 
 
 # ---- AwA2 ---------------------------------------------------------------------------------------------

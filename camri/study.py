@@ -140,18 +140,23 @@ class Study:
         methods = [s for s in specs if s.stage == "methods"]
         return [s.key for s in methods if not s.finished], len(methods)
 
-    def partial_note(self) -> str:
-        """Markdown: "" for a complete study; for a partial one (``partial`` and runs missing) how many
-        runs of the methods stage have finished and that every number here may change."""
+    def partial_headline(self) -> str:
+        """ "PARTIAL: k of n runs of the methods stage have finished" for a partial study with runs missing,
+        else "" (the line every saved figure carries)."""
         if not self.partial:
             return ""
         missing, total = self.missing()
-        if not missing:
+        return f"PARTIAL: {total - len(missing)} of {total} runs of the methods stage have finished" if missing else ""
+
+    def partial_note(self) -> str:
+        """Markdown: ``partial_headline`` with what is missing and what that means; "" when it is empty."""
+        headline = self.partial_headline()
+        if not headline:
             return ""
+        missing, _ = self.missing()
         return (
-            f"**PARTIAL: {total - len(missing)} of {total} runs of the methods stage have finished** "
-            f"({len(missing)} missing, e.g. {missing[0]}). Every number here is from the finished runs "
-            "only and changes as the rest finish; a method without finished runs in a cell is empty."
+            f"**{headline}** ({len(missing)} missing, e.g. {missing[0]}). Every number here is from the "
+            "finished runs only and changes as the rest finish; a method without finished runs in a cell is empty."
         )
 
     def runs(self, stages: Sequence[str] = STAGES):
@@ -283,9 +288,9 @@ class Study:
         """Save ``fig`` as ``figures/<name>.png`` and ``.pdf``; returns the figure (for display)."""
         from camri.plots import save_figure, stamp
 
-        note = self.partial_note()
-        if note:  # a figure is looked at without its notebook: it says so itself
-            stamp(fig, note.split("**")[1])
+        headline = self.partial_headline()
+        if headline:  # a figure is looked at without its notebook: it says so itself
+            stamp(fig, headline)
         save_figure(fig, self.figures_dir / name)
         return fig
 

@@ -17,7 +17,8 @@ Data sets (``NAMES``, plus ``imagefolder:<path>``):
     torchvision's GTSRB: the official 39,209 training and 12,630 test images, 43 classes. Each whole image
     (torchvision does not crop to the annotated sign) is resized to ``image_size``×``image_size``
     (default 32) with Pillow's bilinear filter, which is antialiased when shrinking; the aspect ratio is not
-    kept (GTSRB images are nearly square).
+    kept (GTSRB images are nearly square). ``groups_train`` holds each training image's track (its file
+    name, <track>_<frame>.ppm), for a validation split of whole tracks (``validation_groups``).
 ``awa2``
     Animals with Attributes 2, read from ``<data_dir>/Animals_with_Attributes2/JPEGImages/<class>/*.jpg``
     (manual download from https://cvml.ist.ac.at/AwA2/). Classes in the order of ``classes.txt`` when

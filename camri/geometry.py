@@ -222,10 +222,12 @@ def plot_feature_circle(
     if weights is not None:
         w = np.asarray(weights, dtype=float)
         w = w / np.linalg.norm(w, axis=1, keepdims=True)
-        phi = np.linspace(0, 2 * np.pi, 1441)
-        winner = (np.stack([np.cos(phi), np.sin(phi)], 1) @ w.T).argmax(1)
         for c in important:
-            inside = winner == c
+            # The circle sampled from the direction opposite w_c: c's arc (it holds w_c's own direction) is then
+            # one run of samples, also when it crosses angle 0 (from 0 to 2π it would be two, and the fill a
+            # self-crossing polygon).
+            phi = np.arctan2(w[c, 1], w[c, 0]) + np.linspace(-np.pi, np.pi, 1441)
+            inside = (np.stack([np.cos(phi), np.sin(phi)], 1) @ w.T).argmax(1) == c
             wedge_x = np.concatenate([[0], 1.35 * np.cos(phi[inside]), [0]])
             wedge_y = np.concatenate([[0], 1.35 * np.sin(phi[inside]), [0]])
             ax.fill(wedge_x, wedge_y, color=colors[c], alpha=0.12, lw=0)

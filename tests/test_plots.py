@@ -107,6 +107,19 @@ def test_feature_circle_and_fig3():
         geometry.plot_feature_circle(np.zeros((3, 5)), np.zeros(3, int))
 
 
+@pytest.mark.parametrize("k", [0, 1])
+def test_the_shaded_arc_is_the_sector_of_its_share_also_across_angle_zero(k):
+    # Weights at 0°, 90°, 180°, 270°: class 0's arc is -45°..45°, across angle 0; class 1's is 45°..135°.
+    angles = np.deg2rad([0, 90, 180, 270])
+    w = np.stack([np.cos(angles), np.sin(angles)], 1)
+    features, labels = two_d_features()
+    ax = geometry.plot_feature_circle(features, labels, weights=w, important=[k]).axes[0]
+    (shade,) = [p for p in ax.patches if p.get_alpha() == pytest.approx(0.12)]
+    x, y = shade.get_xy().T
+    area = 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))  # the shoelace formula
+    assert area == pytest.approx(0.25 * np.pi * 1.35**2, rel=0.01)  # a quarter of the disc of radius 1.35
+
+
 def test_fig3_title_counts_the_figure_only_when_both_runs_reach_the_bar():
     from camri import analysis
 

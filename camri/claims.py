@@ -186,7 +186,11 @@ def _best_claim(cells: list[tuple[str, str, str, dict]], with_bias: bool) -> dic
 
 
 def check_claims(
-    selections: pd.DataFrame, important: Mapping[str, pd.DataFrame], *, split: str = "validation"
+    selections: pd.DataFrame,
+    important: Mapping[str, pd.DataFrame],
+    *,
+    split: str = "validation",
+    role_split: str | None = None,
 ) -> pd.DataFrame:
     """Every claim of the module doc, one row per (claim, cell, other method): ``CLAIM_COLUMNS``.
 
@@ -194,13 +198,14 @@ def check_claims(
     ``recalls``, ``accuracies`` and, for claim 4, ``angle_variances``). important: per data set the chosen
     classes (``protocol.choose_important``: role, class_name, recall_mean, n_seeds, paper_class, and
     optionally next_class_name / next_recall_mean); empty for data sets whose classes the profile fixed.
-    split: the split the selection was made on, for the wording.
+    split: the split the selection was made on, for the wording; role_split: the split the important
+    classes were chosen on, when not ``split``.
     """
     rows = []
     maintaining = selections[selections["selection"] == "maintaining"]
     for dataset in dict.fromkeys(maintaining["dataset"]):
         if dataset in important and len(important[dataset]):
-            rows += _important_claims(dataset, important[dataset], split)
+            rows += _important_claims(dataset, important[dataset], role_split or split)
         else:
             rows.append(_row("important", dataset, evidence="the profile fixes the important classes"))
     cells = []

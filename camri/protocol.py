@@ -427,13 +427,15 @@ def select_all(
     important: Mapping[str, Mapping[str, int | str] | Sequence[int | str]] | None = None,
     datasets: Sequence[str] | None = None,
     split: str = "validation",
+    role_split: str | None = None,
     bias: bool = False,
 ) -> pd.DataFrame:
     """``select_settings`` for every data set × role; columns dataset, role, class_index, class_name first.
 
     ``split``: where the important classes and the settings are chosen ("validation", the default, or
-    "test", the paper's protocol); the reported numbers are always test. ``bias``: add the
-    ``<method>+bias`` settings (``cell_settings``).
+    "test", the paper's protocol); the reported numbers are always test. ``role_split``: where the
+    important classes alone are chosen, when not on ``split``. ``bias``: add the ``<method>+bias``
+    settings (``cell_settings``).
 
     ``roles``: which of worst1 / worst2 / median to report. ``important`` fixes the classes of some data
     sets instead of choosing them from CE: {dataset: {role: class}} or {dataset: [class per role of
@@ -444,7 +446,7 @@ def select_all(
     frames = []
     for dataset in datasets or _ordered_datasets(runs):
         given = (important or {}).get(dataset)
-        for role, class_index, class_name in _cell_classes(runs, dataset, roles, given, split):
+        for role, class_index, class_name in _cell_classes(runs, dataset, roles, given, role_split or split):
             settings = cell_settings(runs, dataset, class_index, tolerance=tolerance, split=split, bias=bias)
             selected = select_settings(settings, min_seeds=min_seeds)
             # Every cell keeps its CE row, so no cell of Table 1 can vanish without a word.

@@ -199,7 +199,8 @@ def choose_important(profile: Profile | str, results_dir=None, *, record: bool =
         # Only this profile's baseline (its seeds), even if other CE runs were left in the folder.
         runs = runs[runs["path"].isin([str(s.out_dir) for s in baseline])]
         runs = protocol.apply_report(runs, profile.protocol.report, profile.protocol.last_k)
-        table = protocol.choose_important(runs, dataset, split=profile.protocol.selection).set_index("role")
+        split = profile.important.split or profile.protocol.selection
+        table = protocol.choose_important(runs, dataset, split=split).set_index("role")
         rows = [
             {
                 "role": role,

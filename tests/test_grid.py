@@ -47,8 +47,9 @@ def profile(**overrides) -> profiles.Profile:
     return profiles.parse_profile(raw, "test")
 
 
-def write_summary(spec: sweep.RunSpec, recall: list[float], accuracy: float) -> None:
-    """A finished run without training: what protocol.load_runs reads (validation metrics = test ones)."""
+def write_summary(spec: sweep.RunSpec, recall: list[float], accuracy: float, val_recall=None) -> None:
+    """A finished run without training: what protocol.load_runs reads (validation metrics = test ones
+    unless ``val_recall`` is given)."""
     spec.out_dir.mkdir(parents=True, exist_ok=True)
     summary = {
         "dataset": spec.config.dataset,
@@ -59,7 +60,7 @@ def write_summary(spec: sweep.RunSpec, recall: list[float], accuracy: float) -> 
         "config": spec.config.to_json(),
         "accuracy": accuracy,
         "recall": recall,
-        "validation": {"accuracy": accuracy, "recall": recall},
+        "validation": {"accuracy": accuracy, "recall": recall if val_recall is None else val_recall},
     }
     (spec.out_dir / "summary.json").write_text(json.dumps(summary))
 
@@ -279,6 +280,24 @@ def test_important_classes_from_the_baseline(tmp_path):
     rows = status.status(p, tmp_path)
     assert sum(r.stage == "methods" for r in rows) == 2 * (1 + 3)  # ArcFace once, CAMRI per class; 2 seeds
     assert {r.state for r in rows if r.stage == "baseline"} == {"done"}
+
+
+def test_important_split_test_ranks_the_classes_on_test_while_settings_stay_on_validation(tmp_path):
+    # GTSRB's validation split by track is too small to rank its classes: important.split: test.
+    test_recall = [0.95, 0.9, 0.5, 0.93, 0.92, 0.97, 0.91, 0.3, 0.96, 0.94]
+    val_recall = [0.2, 0.4, 0.95, 0.93, 0.92, 0.97, 0.91, 0.96, 0.9, 0.94]  # 0 worst, then 1
+    chosen = {}
+    for split in ("validation", "test"):
+        p = profile(important={"roles": ["worst1", "worst2"], "split": split}, name=f"tiny_{split}")
+        assert p.protocol.selection == "validation"
+        for spec in sweep.expand(p, "baseline", results_dir=tmp_path):
+            write_summary(spec, test_recall, 0.9, val_recall=val_recall)
+        chosen[split] = sweep.choose_important(p, tmp_path)["digits"]
+    assert chosen == {"validation": [0, 1], "test": [7, 2]}
+    # Unset, the roles follow protocol.selection.
+    assert profile(important={"roles": ["worst1"]}).important.split is None
+    with pytest.raises(ValueError, match=r"important.split: Input should be 'validation' or 'test'"):
+        profile(important={"roles": ["worst1"], "split": "train"})
 
 
 def test_worker_slots_pin_workers_to_gpus(monkeypatch):

@@ -133,6 +133,17 @@ def test_selection_on_validation_differs_from_selection_on_test(split_runs):
     assert bool(both.at["CAMRI", "differs"]) and not bool(both.at["CE", "differs"])
 
 
+def test_roles_on_test_with_settings_on_validation(split_runs):
+    # important.split: test: the cell is CE's test-worst class (c1), its CAMRI setting the validation pick.
+    runs = protocol.load_runs(split_runs)
+    mixed = protocol.select_all(runs, roles=["worst1"], role_split="test")
+    camri = mixed[(mixed["method"] == "CAMRI") & (mixed["selection"] == "maintaining")].iloc[0]
+    assert camri["class_name"] == "c1" and camri["hyperparameters"] == "m=4π/64, s=16"
+    assert camri["selection_recall_mean"] == pytest.approx(0.8) and camri["recall_mean"] == pytest.approx(0.5)
+    # Without role_split the classes follow split: c2 on validation.
+    assert set(protocol.select_all(runs, roles=["worst1"])["class_name"]) == {"c2"}
+
+
 def test_runs_without_validation_are_named_with_the_fix(tmp_path):
     for seed in range(2):
         write_run(tmp_path, f"ce/s{seed}", loss="ce", seed=seed, recall=[0.5] * 6, accuracy=0.8, validation=False)

@@ -79,6 +79,11 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def steps_per_epoch(images: int, batch_size: int) -> int:
+    """Optimiser steps of one epoch over ``images`` in batches of ``batch_size``, the last one partial."""
+    return math.ceil(images / batch_size)
+
+
 def learning_rate(base_lr: float, schedule: str, step: int, total_steps: int) -> float:
     """The learning rate of optimiser step ``step`` (0-based, counted over the whole run of ``total_steps``):
     ``base_lr`` for "constant"; for "cosine" base_lr · (1 + cos(π · step / total_steps)) / 2, SGDR's
@@ -150,7 +155,7 @@ def train_epoch(
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-    steps = math.ceil(len(order) / batch_size)
+    steps = steps_per_epoch(len(order), batch_size)
     seen = 0  # images so far: the running loss is per image, and the last batch may be partial
     for step in range(steps):
         index = order[step * batch_size : (step + 1) * batch_size]

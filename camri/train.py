@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import os
 import pickle
 import platform
@@ -278,7 +277,7 @@ class Run:
     def train_epoch(self, model, optimizer, epoch: int, bar=None) -> loop.EpochResult:
         """One epoch of camri.loop.train_epoch over this run's training set (``self.data`` as it is now)."""
         c, tensors = self.config, self._device_tensors()
-        steps = math.ceil(len(tensors["y_train"]) / c.batch_size)
+        steps = loop.steps_per_epoch(len(tensors["y_train"]), c.batch_size)
         done = (epoch - 1) * steps  # optimiser steps of the epochs before this one
 
         def lr_at(step: int) -> float:
@@ -295,7 +294,8 @@ class Run:
             placement=self.placement,
             augment=c.augment,
             progress=bar,
-            lr_at=lr_at,
+            # A constant rate is the optimiser's own (set at its creation): nothing to set per step.
+            lr_at=None if c.lr_schedule == "constant" else lr_at,
         )
 
     def evaluate(self, model, split: str = "test") -> dict | None:
@@ -396,7 +396,7 @@ class Run:
             history = state["history"]
             self._write_metrics(history)  # metrics.csv may be one epoch behind the checkpoint
             self._log(f"{self.out}: resuming after epoch {state['epoch']} of {c.epochs}")
-        steps = math.ceil(len(self.data.y_train) / c.batch_size)
+        steps = loop.steps_per_epoch(len(self.data.y_train), c.batch_size)
         ev = ev_val = None
         for epoch in range(len(history) + 1, c.epochs + 1):
             start = time.perf_counter()

@@ -188,7 +188,11 @@ def test_cosine_schedule_by_hand_and_applied_to_every_step_of_the_run(digits, tm
     steps = math.ceil(len(digits.y_train) / 64)
     assert seen == pytest.approx([learning_rate(2e-3, "cosine", t, 2 * steps) for t in range(2 * steps)])
     assert seen[0] == 2e-3 and 0 < seen[-1] < 2e-3 * 0.01  # the last step's rate is near 0
-    constant = train(config.replace(lr_schedule="constant"), tmp_path / "constant", quiet=True, dataset=digits)
+    seen.clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.Adam, "step", recording_step)
+        constant = train(config.replace(lr_schedule="constant"), tmp_path / "constant", quiet=True, dataset=digits)
+    assert seen == [2e-3] * (2 * steps)  # the optimiser's own rate, never reset
     assert cosine["accuracy"] != constant["accuracy"] or cosine["test_loss"] != constant["test_loss"]
     assert json.loads((tmp_path / "cosine" / "config.json").read_text())["config"]["lr_schedule"] == "cosine"
 

@@ -75,6 +75,9 @@ class Study:
     # Read only (train False): the finished runs, even while some of the methods stage are still to come;
     # every note, claims.md, Table 1's Markdown and LaTeX and every saved figure then say PARTIAL.
     partial: bool = False
+    # ``missing()``'s answer, computed once: every figure and note of one render carries the same count,
+    # and the grid is not expanded again for each saved figure.
+    _missing: tuple[list[str], int] | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -140,10 +143,11 @@ class Study:
 
     def missing(self) -> tuple[list[str], int]:
         """The keys of the methods stage's runs that are not finished, and how many runs that stage has
-        (after the baseline has finished; camri.sweep.expand)."""
-        specs = self.specs(("baseline", "methods"))
-        methods = [s for s in specs if s.stage == "methods"]
-        return [s.key for s in methods if not s.finished], len(methods)
+        (after the baseline has finished; camri.sweep.expand), as they were at the first call."""
+        if self._missing is None:
+            methods = [s for s in self.specs(("baseline", "methods")) if s.stage == "methods"]
+            self._missing = ([s.key for s in methods if not s.finished], len(methods))
+        return self._missing
 
     def partial_headline(self) -> str:
         """ "PARTIAL: k of n runs of the methods stage have finished" for a partial study with runs missing,

@@ -380,6 +380,10 @@ def test_figures_partial_renders_a_campaign_in_progress_and_says_so_everywhere(s
     figure = Figure()
     in_progress.save(figure, "partial_probe")
     assert any(mark in t.get_text() for t in figure.texts)  # every saved figure carries the mark itself
+    # The CAMRI run finishes during the render: the render's count stays its first (one snapshot throughout).
+    shutil.copy(smoke.results / camri_run.relative_to(results) / "summary.json", camri_run / "summary.json")
+    assert len(in_progress.missing()[0]) == 1 and mark in in_progress.partial_headline()
+    assert study.open_study(smoke.profile, results, train=False, partial=True).missing() == ([], 4)
     complete = study.open_study(smoke.profile, smoke.results, train=False, partial=True)
     assert complete.partial_note() == "" and complete.missing() == ([], 4)  # nothing missing: no mark
     with pytest.raises(ValueError, match="partial = True reads stored runs only"):

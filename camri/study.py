@@ -314,8 +314,14 @@ class Study:
 
     def save_table(self, frame, name: str, *, index: bool = False):
         """Save ``frame`` as ``tables/<name>.csv`` and ``.md``; returns it (for display). A ``paths``
-        column (absolute run folders, as in ``protocol.cell_settings``) is left out of the files."""
+        column (absolute run folders, as in ``protocol.cell_settings``) is left out of the files, and a
+        ``dataset`` column names each data set as a reader knows it (``names.dataset_label``: "CIFAR-10
+        (JPEG copy)", never a local ``imagefolder:`` path)."""
         frame = frame.drop(columns=["paths"], errors="ignore")
+        if "dataset" in frame.columns:
+            frame = frame.assign(
+                dataset=frame["dataset"].map(lambda d: names.dataset_label(d) if isinstance(d, str) else d)
+            )
         atomic_write_text(
             self.tables_dir / f"{name}.csv", frame.to_csv(index=index, float_format="%.6g", lineterminator="\n")
         )

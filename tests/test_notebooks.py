@@ -21,6 +21,7 @@ import nbformat
 import pandas as pd
 import papermill
 import pytest
+import yaml
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -236,6 +237,18 @@ def test_the_closing_line_names_table1_only_when_it_is_there(tmp_path):
     assert notebooks.outputs_line(tmp_path) == f"figures: {tmp_path / 'figures'}\ntables: {tmp_path / 'tables'}"
     (tmp_path / "table1.md").write_text("| |\n")
     assert notebooks.outputs_line(tmp_path).endswith(f"tables: {tmp_path / 'tables'} and {tmp_path / 'table1.md'}")
+
+
+def test_saved_tables_name_data_sets_as_readers_know_them(tmp_path):
+    # Issue 15: results/cpu's tables said imagefolder:/work/shared/data/cifar10-jpeg.zip.
+    smoke = study.Study(parse_profile(yaml.safe_load(SMOKE), "smoke"), str(tmp_path), train=False)
+    frame = pd.DataFrame({"dataset": ["imagefolder:/data/x/cifar10-jpeg.zip", "gtsrb"], "paths": [(), ()], "n": [1, 2]})
+    shown = smoke.save_table(frame, "probe")
+    assert list(shown.columns) == ["dataset", "n"] and list(shown["dataset"]) == ["CIFAR-10 (JPEG copy)", "GTSRB"]
+    written = (tmp_path / "smoke" / "tables" / "probe.md").read_text() + (
+        tmp_path / "smoke" / "tables" / "probe.csv"
+    ).read_text()
+    assert "CIFAR-10 (JPEG copy)" in written and "imagefolder" not in written and "/data/x" not in written
 
 
 def test_markdown_table():

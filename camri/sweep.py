@@ -207,6 +207,7 @@ def choose_important(profile: Profile | str, results_dir=None, *, record: bool =
                 "class_index": int(table.loc[role, "class_index"]),
                 "class_name": str(table.loc[role, "class_name"]),
                 "recall_mean": float(table.loc[role, "recall_mean"]),
+                "split": split,  # the split recall_mean is of (important.split, else protocol.selection)
             }
             for role in profile.important.roles
         ]

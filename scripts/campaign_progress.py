@@ -66,18 +66,19 @@ def progress(profile_path: str, results_dir=None) -> Path:
     else:
         specs += sweep.expand(profile, "methods", important, results_dir=results_dir)
         chosen = json.loads((root / "important.json").read_text()) if (root / "important.json").is_file() else {}
+        # The split the roles were ranked on: recorded in important.json since important.split exists.
+        default_split = profile.important.split or profile.protocol.selection
         for dataset, rows in chosen.items():
+            splits = {r.get("split", default_split) for r in rows if "recall_mean" in r}
             described = ", ".join(
-                f"{r['role']} = {r.get('class_name', r['class_index'])} (CE {profile.protocol.selection} recall "
+                f"{r['role']} = {r.get('class_name', r['class_index'])} (CE {r.get('split', default_split)} recall "
                 f"{r['recall_mean']:.3f})"
                 if "recall_mean" in r
                 else f"{r['role']} = {r['class_index']}"
                 for r in rows
             )
-            lines += [
-                f"Important classes of {dataset} (from CE on the {profile.protocol.selection} split): {described}.",
-                "",
-            ]
+            source = f"from CE on the {' and '.join(sorted(splits))} split" if splits else "fixed by the profile"
+            lines += [f"Important classes of {dataset} ({source}): {described}.", ""]
     specs += sweep.fig3_specs(profile, results_dir)
     finished = sum(s.finished for s in specs)
     lines += [

@@ -294,6 +294,17 @@ def test_important_split_test_ranks_the_classes_on_test_while_settings_stay_on_v
             write_summary(spec, test_recall, 0.9, val_recall=val_recall)
         chosen[split] = sweep.choose_important(p, tmp_path)["digits"]
     assert chosen == {"validation": [0, 1], "test": [7, 2]}
+    recorded = json.loads((tmp_path / "tiny_test" / "important.json").read_text())["digits"]
+    assert [(r["class_index"], r["split"], r["recall_mean"]) for r in recorded] == [(7, "test", 0.3), (2, "test", 0.5)]
+    # progress.md says where they were ranked (it said protocol.selection's split whatever chose them).
+    import runpy
+
+    path = tmp_path / "tiny_test.yaml"
+    raw = {"name": "tiny_test", "datasets": ["digits"], "seeds": [0], "train": TINY_TRAIN}
+    path.write_text(yaml.safe_dump(raw | {"important": {"roles": ["worst1", "worst2"], "split": "test"}}))
+    progress = runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "campaign_progress.py"))["progress"]
+    text = progress(str(path), tmp_path).read_text()
+    assert "Important classes of digits (from CE on the test split): worst1 = 7 (CE test recall 0.300)" in text
     # Unset, the roles follow protocol.selection.
     assert profile(important={"roles": ["worst1"]}).important.split is None
     with pytest.raises(ValueError, match=r"important.split: Input should be 'validation' or 'test'"):

@@ -183,18 +183,13 @@ def plot_class_recall(
             roles.setdefault(int(index), []).append(role)
     colors = ["#d62728" if int(c) in roles else "0.6" for c in recalls["class_index"]]
     x = np.arange(len(recalls))
-    ax.bar(
-        x,
-        recalls["recall_mean"],
-        yerr=np.nan_to_num(recalls["recall_std"].to_numpy(dtype=float)),
-        color=colors,
-        capsize=2,
-    )
+    std = np.nan_to_num(recalls["recall_std"].to_numpy(dtype=float))
+    ax.bar(x, recalls["recall_mean"], yerr=std, color=colors, capsize=2)
     for xi, (index, mean) in enumerate(zip(recalls["class_index"], recalls["recall_mean"])):
         if int(index) in roles:
             ax.text(
                 xi,
-                min(mean + 0.03, 1.02),
+                min(mean + std[xi] + 0.02, 1.02),  # above the error bar, not across it
                 "/".join(roles[int(index)]),
                 ha="center",
                 va="bottom",

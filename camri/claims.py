@@ -124,7 +124,8 @@ def _versus_claim(
             **row,
             "verdict": FAILS,
             "evidence": f"no CAMRI setting maintained accuracy on {split} (best: {_setting(camri)}, "
-            f"recall {camri['recall_mean']:.3f} at accuracy {camri['accuracy_mean']:.3f})",
+            f"{split} accuracy {camri['selection_accuracy_mean']:.4f}; test recall "
+            f"{camri['recall_mean']:.3f} at accuracy {camri['accuracy_mean']:.3f})",
         }
     if not other["qualified"] and other_name != "CE":
         return {
@@ -148,8 +149,18 @@ def _angle_claim(dataset: str, role: str, class_name: str, camri: Mapping | None
         return {**row, "evidence": f"no finished {'CAMRI' if camri is None else 'CE'} runs for this class"}
     if "angle_variances" not in camri or "angle_variances" not in ce:
         return {**row, "evidence": "the selections carry no per-seed relative angle variances"}
-    result = paired_difference(_by_seed(camri, "angle_variances"), _by_seed(ce, "angle_variances"))
-    means = f"CAMRI {np.nanmean(camri['angle_variances']):.3f}, CE {np.nanmean(ce['angle_variances']):.3f}"
+    camri_by_seed, ce_by_seed = _by_seed(camri, "angle_variances"), _by_seed(ce, "angle_variances")
+    result = paired_difference(camri_by_seed, ce_by_seed)
+    # The means of the seeds the difference pairs (a campaign in progress has more CE seeds than CAMRI's).
+    paired = sorted(set(camri_by_seed) & set(ce_by_seed))
+    means = (
+        f"CAMRI {np.nanmean([camri_by_seed[s] for s in paired]):.3f}, "
+        f"CE {np.nanmean([ce_by_seed[s] for s in paired]):.3f}"
+        if paired
+        else "no seed in common"
+    )
+    if paired and len(paired) < len(ce_by_seed):
+        means += f", seeds {', '.join(map(str, paired))}"
     return {
         **row,
         "verdict": _comparison_verdict(result, lower_is_better=True),

@@ -18,6 +18,7 @@ def setting(method, recalls, accuracies, *, qualified=True, angles=None, hyper="
         "qualified": qualified,
         "recall_mean": sum(recalls) / len(recalls),
         "accuracy_mean": sum(accuracies) / len(accuracies),
+        "selection_accuracy_mean": sum(accuracies) / len(accuracies) + 0.01,  # validation, a little above test
         "angle_variances": tuple(angles or [1.0] * len(recalls)),
     }
 
@@ -97,6 +98,8 @@ def test_verdicts_on_constructed_cells(selections, important):
     assert verdict(table, "important", "median") == claims.HOLDS
     assert verdict(table, "recall", "worst1") == claims.HOLDS
     assert verdict(table, "recall", "worst2") == claims.FAILS  # no CAMRI setting maintained accuracy
+    recall = table[(table["claim"] == "recall") & (table["role"] == "worst2")].iloc[0]["evidence"]
+    assert "validation accuracy 0.6100" in recall and "test recall 0.900 at accuracy 0.600" in recall
     assert verdict(table, "recall", "median") == claims.NOT_SHOWN
     assert verdict(table, "versus", "worst1", "ArcFace") == claims.HOLDS  # ArcFace: the paper's empty cell
     assert verdict(table, "versus", "worst1", "WCE") == claims.FAILS
@@ -118,6 +121,14 @@ def test_cells_without_camri_runs_do_not_count_against_it(selections, important)
     assert best["verdict"] == claims.FAILS and "CAMRI best in 0 of 1 cells" in best["evidence"]
     assert "not counted, no finished CAMRI runs: CIFAR-10 worst2 (dog); CIFAR-10 median (airplane)" in best["evidence"]
     assert verdict(table, "recall", "median") == claims.UNCHECKABLE
+    # CAMRI's seed 0 alone against 3 CE seeds: the means shown are those of the seed the difference pairs.
+    one_seed = partial.copy()
+    first = one_seed.index[(one_seed["method"] == "CAMRI")][0]
+    for column in ("seeds", "recalls", "accuracies", "angle_variances"):
+        one_seed.at[first, column] = one_seed.at[first, column][:1]
+    angles = claims.check_claims(one_seed, important)
+    angles = angles[(angles["claim"] == "angles") & (angles["role"] == "worst1")].iloc[0]
+    assert "(CAMRI 0.500, CE 1.000, seeds 0)" in angles["evidence"] and "-0.5" in angles["evidence"]
     none = claims.check_claims(selections[selections["method"] != "CAMRI"], important)
     best = none[(none["claim"] == "best") & (none["versus"] == "")].iloc[0]
     assert best["verdict"] == claims.UNCHECKABLE and best["evidence"] == "no cell has finished CAMRI runs"

@@ -282,7 +282,7 @@ def test_important_classes_from_the_baseline(tmp_path):
     assert {r.state for r in rows if r.stage == "baseline"} == {"done"}
 
 
-def test_important_split_test_ranks_the_classes_on_test_while_settings_stay_on_validation(tmp_path):
+def test_important_split_test_ranks_the_classes_on_test_while_settings_stay_on_validation(tmp_path, monkeypatch):
     # GTSRB's validation split by track is too small to rank its classes: important.split: test.
     test_recall = [0.95, 0.9, 0.5, 0.93, 0.92, 0.97, 0.91, 0.3, 0.96, 0.94]
     val_recall = [0.2, 0.4, 0.95, 0.93, 0.92, 0.97, 0.91, 0.96, 0.9, 0.94]  # 0 worst, then 1
@@ -294,6 +294,21 @@ def test_important_split_test_ranks_the_classes_on_test_while_settings_stay_on_v
             write_summary(spec, test_recall, 0.9, val_recall=val_recall)
         chosen[split] = sweep.choose_important(p, tmp_path)["digits"]
     assert chosen == {"validation": [0, 1], "test": [7, 2]}
+    # The notebooks' Study ranks on the same split (notebook 01, claims) and hands it to Table 1's selection.
+    from camri import protocol, study
+
+    on_test = study.Study(
+        profile(important={"roles": ["worst1", "worst2"], "split": "test"}, name="tiny_test"),
+        str(tmp_path),
+        train=False,
+    )
+    runs = on_test.runs(("baseline",))
+    assert on_test.role_selection == "test" and on_test.selection == "validation"
+    assert list(on_test.important(runs, "digits")["class_index"]) == [7, 2]
+    seen = {}
+    monkeypatch.setattr(protocol, "select_all", lambda runs, **kwargs: seen.update(kwargs))
+    on_test.select(runs)
+    assert seen["role_split"] == "test" and seen["split"] == "validation"
     recorded = json.loads((tmp_path / "tiny_test" / "important.json").read_text())["digits"]
     assert [(r["class_index"], r["split"], r["recall_mean"]) for r in recorded] == [(7, "test", 0.3), (2, "test", 0.5)]
     # progress.md says where they were ranked (it said protocol.selection's split whatever chose them).

@@ -294,6 +294,11 @@ class Profile(Model):
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
+    @property
+    def role_split(self) -> str:
+        """The split CE's recalls rank the important classes on: ``important.split``, else ``protocol.selection``."""
+        return self.important.split or self.protocol.selection
+
     def base_config(self) -> TrainConfig:
         """The TrainConfig every run starts from: defaults, then the profile's ``train:`` section."""
         return TrainConfig(**self.train, data_dir=self.data_dir)

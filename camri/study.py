@@ -111,7 +111,7 @@ class Study:
     @property
     def role_selection(self) -> str:
         """Where the important classes are chosen: profile ``important.split``, else ``selection``."""
-        return self.profile.important.split or self.selection
+        return self.profile.role_split
 
     def slug(self, dataset: str) -> str:
         """The data set's name in file names (``camri.profile.dataset_slug``)."""
@@ -242,12 +242,16 @@ class Study:
         if self.role_selection == p.selection:
             chosen = f'Important classes, "maintaining accuracy" (tolerance {p.accuracy_tolerance:g}) and the best '
         else:
-            # important.split: test with validation settings. CE's recall on the chosen class is then the
-            # minimum it was chosen as: biased low, as in the paper.
+            # important.split: the roles on another split than the settings. On test, CE's recall on the chosen
+            # class is the minimum it was chosen as: biased low, as in the paper.
+            bias = (
+                " as the paper does (CE's recall on them is the minimum they were chosen as, so biased low)"
+                if self.role_selection == "test"
+                else ""
+            )
             chosen = (
-                "Important classes chosen from CE's test recall, as the paper does (CE's recall on them is the "
-                f'minimum they were chosen as, so biased low); "maintaining accuracy" (tolerance '
-                f"{p.accuracy_tolerance:g}) and the best "
+                f'Important classes chosen from CE\'s {self.role_selection} recall{bias}; "maintaining accuracy" '
+                f"(tolerance {p.accuracy_tolerance:g}) and the best "
             )
         lines = [f"{chosen}setting per method chosen {where}; numbers are {report}; n = {seeds} seeds per setting."]
         if self.partial_note():

@@ -199,7 +199,7 @@ def choose_important(profile: Profile | str, results_dir=None, *, record: bool =
         # Only this profile's baseline (its seeds), even if other CE runs were left in the folder.
         runs = runs[runs["path"].isin([str(s.out_dir) for s in baseline])]
         runs = protocol.apply_report(runs, profile.protocol.report, profile.protocol.last_k)
-        split = profile.important.split or profile.protocol.selection
+        split = profile.role_split
         table = protocol.choose_important(runs, dataset, split=split).set_index("role")
         rows = [
             {
@@ -207,7 +207,7 @@ def choose_important(profile: Profile | str, results_dir=None, *, record: bool =
                 "class_index": int(table.loc[role, "class_index"]),
                 "class_name": str(table.loc[role, "class_name"]),
                 "recall_mean": float(table.loc[role, "recall_mean"]),
-                "split": split,  # the split recall_mean is of (important.split, else protocol.selection)
+                "split": split,  # the split recall_mean is of
             }
             for role in profile.important.roles
         ]

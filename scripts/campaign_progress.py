@@ -67,7 +67,7 @@ def progress(profile_path: str, results_dir=None) -> Path:
         specs += sweep.expand(profile, "methods", important, results_dir=results_dir)
         chosen = json.loads((root / "important.json").read_text()) if (root / "important.json").is_file() else {}
         # The split the roles were ranked on: recorded in important.json since important.split exists.
-        default_split = profile.important.split or profile.protocol.selection
+        default_split = profile.role_split
         for dataset, rows in chosen.items():
             splits = {r.get("split", default_split) for r in rows if "recall_mean" in r}
             described = ", ".join(

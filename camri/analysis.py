@@ -185,7 +185,8 @@ def fig3_title(summary, min_accuracy: float) -> tuple[str, bool]:
 def compare_selections(by_validation, by_test):
     """The "maintaining" choices of two ``select_all`` results side by side, per data set × role × method:
     class_validation / class_test (the important class each chose), setting_validation / setting_test,
-    recall_validation / recall_test (the test recall each reports) and differs (class or setting differ)."""
+    recall_validation / recall_test (the test recall each reports) and differs (class or setting differ). Where
+    one split has no maintaining choice, its setting column says so and its class and recall are empty."""
     keys = ["dataset", "role", "method"]
     columns = {"class_name": "class", "hyperparameters": "setting", "recall_mean": "recall"}
     frames = []
@@ -195,6 +196,10 @@ def compare_selections(by_validation, by_test):
             maintaining[keys + list(columns)].rename(columns={c: f"{name}_{suffix}" for c, name in columns.items()})
         )
     both = frames[0].merge(frames[1], on=keys, how="outer")
+    # A side with no "maintaining" row (a +bias row where no bias, not even 0, reaches the threshold:
+    # posthoc.tune_bias returns None) says so, instead of a bare "–" a reader cannot tell from a bug.
+    for suffix in ("validation", "test"):
+        both.loc[both[f"class_{suffix}"].isna(), f"setting_{suffix}"] = f"no setting maintains accuracy on {suffix}"
     both["differs"] = (both["class_validation"] != both["class_test"]) | (
         both["setting_validation"] != both["setting_test"]
     )

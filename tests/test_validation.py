@@ -133,6 +133,23 @@ def test_selection_on_validation_differs_from_selection_on_test(split_runs):
     assert bool(both.at["CAMRI", "differs"]) and not bool(both.at["CE", "differs"])
 
 
+def test_a_split_without_a_maintaining_choice_says_so():
+    from camri.analysis import compare_selections
+
+    def frame(hyperparameters):
+        row = {"dataset": "gtsrb", "role": "worst1", "class_name": "c1", "recall_mean": 0.5}
+        rows = [{**row, "method": "CE+bias", "selection": "maintaining", "hyperparameters": "b=+0"}]
+        rows.append({**row, "method": "CAMRI+bias", "selection": "maintaining", "hyperparameters": hyperparameters})
+        return pd.DataFrame(rows)
+
+    by_val = frame("x").query("method == 'CE+bias'")  # no CAMRI+bias row on validation
+    both = compare_selections(by_val, frame("m=4π/64, s=16, b=+2")).set_index("method")
+    assert both.at["CAMRI+bias", "setting_validation"] == "no setting maintains accuracy on validation"
+    assert pd.isna(both.at["CAMRI+bias", "class_validation"]) and pd.isna(both.at["CAMRI+bias", "recall_validation"])
+    assert both.at["CAMRI+bias", "setting_test"] == "m=4π/64, s=16, b=+2" and bool(both.at["CAMRI+bias", "differs"])
+    assert both.at["CE+bias", "setting_validation"] == "b=+0" and not bool(both.at["CE+bias", "differs"])
+
+
 def test_roles_on_test_with_settings_on_validation(split_runs):
     # important.split: test: the cell is CE's test-worst class (c1), its CAMRI setting the validation pick.
     runs = protocol.load_runs(split_runs)

@@ -3,8 +3,9 @@
 Nothing here is typed by hand: ``check_claims`` derives every verdict and number from the protocol's
 selections (``protocol.select_all``) and chosen important classes, ``claims_markdown`` writes them out, and
 ``camri reproduce`` / ``camri figures`` write claims.md beside Table 1. The README and
-docs/reproduction.md quote these files between ``<!-- claims: PATH -->`` and ``<!-- /claims -->`` markers
-(``quote_claims`` fills them in; a test fails when a quote and its file disagree).
+docs/reproduction.md quote these files between ``<!-- claims: PATH -->`` and ``<!-- /claims -->`` markers,
+and Table 1 between ``<!-- table1: PATH -->`` and ``<!-- /table1 -->`` (``quote_claims`` fills them in; a
+test fails when a quote and its file disagree).
 
 Verdicts, per cell (data set × important class) unless said otherwise:
 - ``holds``: the runs support the claim: for a comparison, the paired 95 % interval of the difference
@@ -55,7 +56,10 @@ VERSUS = ("ArcFace", "WCE", "CRWWCE", "CE+bias")
 TABLE_METHODS = ("CAMRI", "ArcFace", "CRWWCE", "WCE", "CE")
 PAPER_BEST_FRACTION = 8 / 9
 CLAIM_COLUMNS = ("claim", "dataset", "role", "class_name", "versus", "verdict", "evidence")
-_QUOTE = re.compile(r"(<!-- claims: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /claims -->)", re.DOTALL)
+# One marker pair per kind of generated file: claims.md's summary or Table 1's tables (table1.md).
+_QUOTE = re.compile(
+    r"(<!-- (?P<kind>claims|table1): (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /(?P=kind) -->)", re.DOTALL
+)
 
 
 def _row(claim, dataset, role="", class_name="", versus="", verdict=UNCHECKABLE, evidence=""):
@@ -288,9 +292,20 @@ def _summary_block(claims_file: Path) -> str:
     return f"{summary}\n"
 
 
+def _table1_block(table_file: Path) -> str:
+    """table1.md from its legend on (the legend, the PARTIAL line if any, each data set's table), without
+    its title: the quote sits under the document's own heading."""
+    text = table_file.read_text(encoding="utf-8")
+    return text.split("\n", 1)[1].strip() + "\n"
+
+
+_BLOCKS = {"claims": _summary_block, "table1": _table1_block}
+
+
 def quote_claims(document: str, root: str | Path) -> str:
     """``document`` with every ``<!-- claims: PATH -->`` … ``<!-- /claims -->`` block replaced by the summary of
-    PATH (relative to ``root``, the repository); a missing file is an error naming it."""
+    PATH (relative to ``root``, the repository), and every ``<!-- table1: PATH -->`` … ``<!-- /table1 -->``
+    block by that table1.md's tables; a missing file is an error naming it."""
 
     def replace(match: re.Match) -> str:
         path = Path(root) / match["path"]
@@ -299,7 +314,7 @@ def quote_claims(document: str, root: str | Path) -> str:
                 f"{match['path']} is quoted but does not exist: run `camri reproduce` (or "
                 "`camri figures`) for that profile first"
             )
-        return match.group(1) + _summary_block(path) + match.group(4)
+        return match.group(1) + _BLOCKS[match["kind"]](path) + match.group(5)
 
     return _QUOTE.sub(replace, document)
 

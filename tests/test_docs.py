@@ -1,4 +1,4 @@
-"""Statements of what reproduces are quoted from the generated claims.md files, never typed: every
+"""Statements of what reproduces are quoted from the generated claims.md (and table1.md) files, never typed: every
 ``<!-- claims: PATH -->`` block in the README and docs/ must equal what ``camri.claims.quote_claims`` writes
 from PATH (refresh with ``python -m camri.claims --quote README.md docs/*.md``)."""
 

@@ -81,12 +81,15 @@ def plot_angle_histograms(
     *,
     class_name: str | None = None,
     bins: int = 40,
+    n_seeds: Mapping[str, int] | None = None,
 ) -> Figure:
     """Histograms (densities) of θ, the angle between a test feature and its own class's weight vector:
     the important class vs all the other classes (with its kernel density estimate), one panel per method.
 
-    angles: method → (theta_deg (N,), labels (N,)), e.g. from the runs' angles.npz. Each panel shows
-    both variances and the relative variance var(important) / mean var(other classes)."""
+    angles: method → (theta_deg (N,), labels (N,)), e.g. from the runs' angles.npz. Each panel's title gives
+    the relative variance var(important) / mean var(other classes) of the angles drawn. n_seeds: method →
+    how many runs' angles were pooled into them (the title says so: the pooled value differs from the mean
+    of the per-seed values that Table 1's notebooks and claims.md report)."""
     fig = _figure(3.6 * len(angles), 3.0)
     axes = fig.subplots(1, len(angles), squeeze=False, sharex=True).ravel()
     name = class_name if class_name is not None else str(important)
@@ -122,10 +125,11 @@ def plot_angle_histograms(
         )
         other_vars = [theta[labels == k].var() for k in np.unique(labels) if k != important and (labels == k).any()]
         relative = mine.var() / np.mean(other_vars) if len(mine) and other_vars else float("nan")
-        ax.set_title(f"{method}: rel. var {relative:.2f}", fontsize=10)
+        pooled = f", {n_seeds[method]} seeds pooled" if n_seeds and n_seeds.get(method, 1) > 1 else ""
+        ax.set_title(f"{method}{pooled}: rel. var {relative:.2f}", fontsize=10)
         ax.set_xlabel("θ to own class weight (degrees)")
+        ax.set_ylabel("density" if ax is axes[0] else "")  # seaborn labels every panel "Density"
         ax.legend(fontsize=7)
-    axes[0].set_ylabel("density")
     return fig
 
 

@@ -140,7 +140,15 @@ def test_angle_histograms_report_the_relative_variance():
     fig = plots.plot_angle_histograms({"CE": (theta, labels), "CAMRI": (theta * 0.5, labels)}, 1, class_name="one")
     relative = theta[labels == 1].var() / np.mean([theta[labels == k].var() for k in (0, 2)])
     assert fig.axes[0].get_title() == f"CE: rel. var {relative:.2f}"
+    assert [ax.get_ylabel() for ax in fig.axes] == ["density", ""]
     assert drawn(fig)
+    pooled = plots.plot_angle_histograms(
+        {"CE": (theta, labels), "CAMRI": (theta, labels)}, 1, n_seeds={"CE": 3, "CAMRI": 1}
+    )
+    assert [ax.get_title() for ax in pooled.axes] == [
+        f"CE, 3 seeds pooled: rel. var {relative:.2f}",
+        f"CAMRI: rel. var {relative:.2f}",
+    ]
 
 
 def test_bar_and_point_figures():

@@ -211,7 +211,9 @@ def plot_class_recall(
 
 def plot_method_recall(table: pd.DataFrame) -> Figure:
     """Table 1 as a figure: for each data set × important class (columns), the important-class recall (top)
-    and the accuracy (bottom) of each method, mean ± std over seeds; the paper's values as black ticks.
+    and the accuracy (bottom) of each method, mean ± std over seeds; the paper's values as black ticks. A
+    method with no setting that maintained accuracy (``qualified`` False: Table 1's †) is drawn hatched, as
+    its best-recall setting, so that it is not read as a maintaining choice.
     ``table``: ``tables.table1``'s long format."""
     cells = list(dict.fromkeys(zip(table["dataset"], table["important"], table["class"])))
     methods = list(dict.fromkeys(table["method"]))
@@ -226,7 +228,7 @@ def plot_method_recall(table: pd.DataFrame) -> Figure:
         for i, method in enumerate(methods):
             part = table[table["method"] == method].set_index(["dataset", "important", "class"]).reindex(cells)
             offsets = x + (i - (len(methods) - 1) / 2) * width
-            ax.bar(
+            bars = ax.bar(
                 offsets,
                 part[f"{column}_mean"].to_numpy(dtype=float),
                 width,
@@ -235,6 +237,10 @@ def plot_method_recall(table: pd.DataFrame) -> Figure:
                 color=METHOD_COLORS.get(method),
                 label=method if row == 0 else None,
             )
+            for bar, unqualified in zip(bars, part["qualified"].eq(False) if "qualified" in part else []):
+                if unqualified:
+                    bar.set_hatch("///")
+                    bar.set_alpha(0.55)
             if has_paper:
                 ax.scatter(
                     offsets,
@@ -252,7 +258,12 @@ def plot_method_recall(table: pd.DataFrame) -> Figure:
             ax.set_ylim(max(0.0, finite.min() - 0.1), min(1.0, finite.max() + 0.05) + 0.02)
     axes[1].set_xticks(x, [f"{d}\n{r}: {c}" for d, r, c in cells], fontsize=8)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside upper center", fontsize=8, ncols=min(len(labels), 7))
+    if "qualified" in table and table["qualified"].eq(False).any():
+        from matplotlib.patches import Patch
+
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="///"))
+        labels.append("† no setting maintained accuracy")
+    fig.legend(handles, labels, loc="outside upper center", fontsize=8, ncols=min(len(labels), 8))
     return fig
 
 

@@ -202,6 +202,14 @@ def test_bar_and_point_figures():
         }
     )
     assert drawn(plots.plot_method_recall(table))
+    table["qualified"] = [True, False]  # CE's bar stands for a setting that did not maintain accuracy
+    fig = plots.plot_method_recall(table)
+    assert [[bar.get_hatch() for bar in ax.patches] for ax in fig.axes] == [[None, "///"], [None, "///"]]
+    assert "† no setting maintained accuracy" in [t.get_text() for t in fig.legends[0].get_texts()]
+    table["qualified"] = True
+    assert "† no setting maintained accuracy" not in [
+        t.get_text() for t in plots.plot_method_recall(table).legends[0].get_texts()
+    ]
     settings = pd.DataFrame(
         {
             "method": ["CE", "CAMRI", "CAMRI"],

@@ -294,9 +294,9 @@ def _summary_block(claims_file: Path) -> str:
 
 def _table1_block(table_file: Path) -> str:
     """table1.md from its legend on (the legend, the PARTIAL line if any, each data set's table), without
-    its title: the quote sits under the document's own heading."""
-    text = table_file.read_text(encoding="utf-8")
-    return text.split("\n", 1)[1].strip() + "\n"
+    its title and with each data set's heading in bold: the quote sits under the document's own headings."""
+    text = table_file.read_text(encoding="utf-8").split("\n", 1)[1].strip()
+    return re.sub(r"^## (.+)$", r"**\1**", text, flags=re.MULTILINE) + "\n"
 
 
 _BLOCKS = {"claims": _summary_block, "table1": _table1_block}

@@ -148,7 +148,7 @@ def test_markdown_and_quotes(selections, important, tmp_path):
     assert claims.quote_claims(quoted, tmp_path) == quoted  # idempotent
     with pytest.raises(FileNotFoundError, match="camri reproduce"):
         claims.quote_claims("<!-- claims: results/none/claims.md -->\n<!-- /claims -->", tmp_path)
-    # Table 1: quoted from its legend on (its title dropped), beside a claims quote; the kinds do not mix.
+    # Table 1: quoted from its legend on (title dropped, data set headings in bold); the kinds do not mix.
     (tmp_path / "results" / "p" / "table1.md").write_text("# Table 1\n\nLegend.\n\n## GTSRB\n\n| a |\n|---|\n| 1 |\n")
     document = (
         "<!-- table1: results/p/table1.md -->\nSTALE\n<!-- /table1 -->\n"
@@ -156,7 +156,7 @@ def test_markdown_and_quotes(selections, important, tmp_path):
     )
     quoted = claims.quote_claims(document, tmp_path)
     table_part, claims_part = quoted.split("<!-- /table1 -->")
-    assert table_part == "<!-- table1: results/p/table1.md -->\nLegend.\n\n## GTSRB\n\n| a |\n|---|\n| 1 |\n"
+    assert table_part == "<!-- table1: results/p/table1.md -->\nLegend.\n\n**GTSRB**\n\n| a |\n|---|\n| 1 |\n"
     assert "- **recall**" in claims_part and "STALE" not in quoted
     assert claims.quote_claims(quoted, tmp_path) == quoted
     unmatched = "<!-- table1: results/p/table1.md -->\nSTALE\n<!-- /claims -->\n"

@@ -24,9 +24,11 @@ from camri.cli import main
 
 pytestmark = pytest.mark.slurm
 
-#: Long enough that an interruption after the first epoch lands mid-run (an epoch takes 0.3-0.6 s of CPU
-#: here; a requeued job is killed 2 s after SLURM's SIGTERM, scripts/slurm-local.sh's KillWait).
-EPOCHS = 15
+#: Long enough that an interruption after the first epoch lands mid-run. An epoch takes 0.25-0.6 s of CPU
+#: here, and a requeued job's task outlived SLURM's SIGTERM by 4 s (submitit ignores SIGTERM; srun waits
+#: "up to 4 seconds for job step to finish" after KillWait): at 15 epochs an idle machine finished the run
+#: before the kill and the resume tests failed (2026-12-02). 40 epochs leave 10 s or more.
+EPOCHS = 40
 TRAIN = {"epochs": EPOCHS, "width": 0.125, "z_dim": 16, "bn_momentum": 0.1, "device": "cpu"}
 CE, CAMRI = "digits/ce/default/seed0", "digits/camri/c3_m4pi64_s8/seed0"
 #: One CPU per job, no GPU, the cluster's default partition; a waiting `camri grid` looks at its jobs every
@@ -336,7 +338,7 @@ def test_status_from_the_scheduler_and_a_second_submission_of_only_the_missing_r
     assert "ValueError: important class 12 is out of range" in rows[raising]
     assert f"job {first[hollow]} ended (COMPLETED) before the run started" in rows[hollow]
     tail = out.split(CE1, 1)[1].split(raising, 1)[0]  # the cancelled run's block: its log's last lines
-    assert re.search(r"\| epoch \d+/15 ", tail), out
+    assert re.search(rf"\| epoch \d+/{EPOCHS} ", tail), out
     assert "| ValueError: important class 12 is out of range" in out.split(raising, 1)[1]
     command = out.rstrip().splitlines()[-1].split(": ", 1)[1]
     assert out.rstrip().splitlines()[-1].startswith("to train the 3 failed or cancelled run(s) again: ")

@@ -231,8 +231,10 @@ class Study:
         from camri.analysis import seed_counts
 
         p = self.profile.protocol
+        # train.validation_groups holds out whole groups (GTSRB tracks), not a stratified draw of images.
+        share = "whole groups (tracks) of" if self.profile.train.get("validation_groups") else "a stratified share of"
         where = (
-            "on the validation split (a stratified share of each training set; Table 1 reports test)"
+            f"on the validation split ({share} each training set; Table 1 reports test)"
             if p.selection == "validation"
             else "on the test set, as the paper does (optimistic: the same data choose and report)"
         )

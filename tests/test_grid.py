@@ -666,3 +666,17 @@ def test_submitit_local_cluster_refuses_a_flood(tmp_path):
     with pytest.raises(ValueError, match="would start all 2 jobs at once.*--executor local"):
         grid.run(p, results_dir=tmp_path, wait=False, progress=False)
     assert slurm.read_jobs(tmp_path / "tiny") == {}
+
+
+@pytest.mark.parametrize(("groups", "wording"), [(False, "a stratified share of"), (True, "whole groups (tracks) of")])
+def test_protocol_note_names_how_the_validation_split_was_drawn(tmp_path, groups, wording):
+    # A split of whole tracks (train.validation_groups) is no stratified draw: claims.md and Table 1 say which.
+    import pandas as pd
+
+    from camri import study
+
+    raw = profile().model_dump()
+    raw["train"] = {**TINY_TRAIN, "validation_fraction": 0.2, "validation_groups": groups}
+    s = study.Study(profiles.parse_profile(raw, "test"), str(tmp_path), train=False)
+    note = s.protocol_note(pd.DataFrame({"selection": ["maintaining"], "n_seeds": [3]}))
+    assert f"on the validation split ({wording} each training set; Table 1 reports test)" in note

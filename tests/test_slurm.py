@@ -314,7 +314,10 @@ def test_status_from_the_scheduler_and_a_second_submission_of_only_the_missing_r
 
     def cancel_mid_run():
         wait_for(lambda: epochs_logged(runs / CE1) >= 1, 180, "the first epoch of the run to cancel")
-        seen_running.append(next(r for r in camri_status.status(profile, tmp_path) if r.key == CE1))
+        # SLURM's accounting can still say SUBMITTED for a few seconds after the job has started training.
+        row = lambda: next(r for r in camri_status.status(profile, tmp_path) if r.key == CE1)  # noqa: E731
+        wait_for(lambda: "RUNNING" in row().detail, 30, "the scheduler to report the run's job as RUNNING")
+        seen_running.append(row())
         subprocess.run(["scancel", jobs(tmp_path)[CE1]], check=True, timeout=30)
 
     canceller = threading.Thread(target=cancel_mid_run, daemon=True)

@@ -27,6 +27,8 @@ ANGLES = "angles.npz"
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.txt"
 LOCK = ".grid.lock"
+#: A finished run's records: what a campaign commits (the checkpoint is large and only serves resuming).
+RECORDS = (CONFIG, METRICS, SUMMARY, ANGLES, LOG)
 #: Fields of a segment of config.json that also stand at its top level (those of the first segment).
 _SEGMENT_FIELDS = ("camri_version", "git_commit", "torch_version", "device", "amp_bf16", "channels_last")
 

@@ -97,6 +97,60 @@ def test_campaign_progress_lists_every_run_with_its_state(tmp_path):
     assert "| fig3/digits/ce/default/seed0 | not started |" in text
 
 
+def test_campaign_commit_commits_each_finished_run_once_with_its_records_only(tmp_path):
+    # scripts/campaign_progress.py --commit: one commit per finished run, its records and progress.md, never the
+    # checkpoint, never an unfinished run, never what else is staged; a second pass commits nothing.
+    import runpy
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    path = repo / "tiny.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "datasets": ["digits"],
+                "seeds": [0],
+                "train": TINY_TRAIN,
+                "important": {"classes": {"digits": [3]}},
+                "methods": {"ce": {}, "camri": {}},
+            }
+        )
+    )
+    (repo / "notes.txt").write_text("staged, not the script's\n")
+    subprocess.run([*git, "add", "tiny.yaml", "notes.txt"], check=True)
+    results = repo / "results"
+    specs = {
+        s.key: s for s in sweep.expand(profiles.load_profile(str(path)), "all", {"digits": [3]}, results_dir=results)
+    }
+    ce = specs["digits/ce/default/seed0"].out_dir
+    write_summary(specs["digits/ce/default/seed0"], [0.9] * 10, 0.86)
+    for name in (rundir.CONFIG, rundir.LOG, rundir.CHECKPOINT):
+        (ce / name).write_text("{}")
+    started = specs["digits/camri/c3_m4pi64_s16/seed0"].out_dir
+    started.mkdir(parents=True)
+    (started / rundir.CONFIG).write_text("{}")
+
+    script = runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "campaign_progress.py"))
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        assert script["commit_finished"](str(path), results) == (["digits/ce/default/seed0"], 3)
+        assert script["commit_finished"](str(path), results) == ([], 3)  # CAMRI and the two Fig. 3 runs
+    log = subprocess.run([*git, "log", "--format=%s"], capture_output=True, text=True, check=True).stdout
+    assert log.splitlines() == ["tiny digits/ce/default/seed0: finished (test accuracy 0.8600)"]
+    shown = subprocess.run([*git, "show", "--name-only", "--format="], capture_output=True, text=True, check=True)
+    run = "results/tiny/runs/digits/ce/default/seed0"
+    assert sorted(shown.stdout.split()) == sorted(
+        ["results/tiny/progress.md", f"{run}/config.json", f"{run}/log.txt", f"{run}/summary.json"]
+    )
+    status_lines = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True, check=True).stdout
+    assert "A  notes.txt" in status_lines and "A  tiny.yaml" in status_lines  # still staged, not committed
+
+
 # ---- profiles and expansion (no training) ----------------------------------------------------------------
 
 

@@ -65,32 +65,34 @@ def write_summary(spec: sweep.RunSpec, recall: list[float], accuracy: float, val
     (spec.out_dir / "summary.json").write_text(json.dumps(summary))
 
 
-def test_campaign_progress_lists_every_run_with_its_state(tmp_path):
-    # scripts/campaign_progress.py: a campaign's progress.md, from the records alone.
+def campaign(folder: Path) -> tuple[Path, dict, dict]:
+    """A tiny campaign for scripts/campaign_progress.py: its profile file, its run specs by key, and the
+    script's functions; the CE run finished (with a checkpoint beside its records), the CAMRI run started."""
     import runpy
 
-    path = tmp_path / "tiny.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "name": "tiny",
-                "datasets": ["digits"],
-                "seeds": [0],
-                "train": TINY_TRAIN,
-                "important": {"classes": {"digits": [3]}},
-                "methods": {"ce": {}, "camri": {}},
-                "fig3": {"dataset": "digits"},
-            }
-        )
-    )
+    path = folder / "tiny.yaml"
+    raw = {"name": "tiny", "datasets": ["digits"], "seeds": [0], "train": TINY_TRAIN}
+    raw |= {
+        "important": {"classes": {"digits": [3]}},
+        "methods": {"ce": {}, "camri": {}},
+        "fig3": {"dataset": "digits"},
+    }
+    path.write_text(yaml.safe_dump(raw))
     p = profiles.load_profile(str(path))
-    specs = {s.key: s for s in sweep.expand(p, "all", {"digits": [3]}, results_dir=tmp_path)}
+    specs = {s.key: s for s in sweep.expand(p, "all", {"digits": [3]}, results_dir=folder / "results")}
     write_summary(specs["digits/ce/default/seed0"], [0.9] * 3 + [0.5] + [0.9] * 6, 0.86)
+    for name in (rundir.LOG, rundir.CHECKPOINT):
+        (specs["digits/ce/default/seed0"].out_dir / name).write_text("{}")
     camri_run = specs["digits/camri/c3_m4pi64_s16/seed0"].out_dir
     camri_run.mkdir(parents=True)
     (camri_run / "config.json").write_text(json.dumps({"config": {}, "segments": [{"amp_bf16": False}]}))
-    progress = runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "campaign_progress.py"))["progress"]
-    text = progress(str(path), tmp_path).read_text()
+    return path, specs, runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "campaign_progress.py"))
+
+
+def test_campaign_progress_lists_every_run_with_its_state(tmp_path):
+    # scripts/campaign_progress.py: a campaign's progress.md, from the records alone.
+    path, _, script = campaign(tmp_path)
+    text = script["progress"](str(path), tmp_path / "results").read_text()
     assert "1 of 4 runs done." in text
     assert "| digits/ce/default/seed0 | done | 0.8600 | 0.8600 | – | – |" in text
     assert "| digits/camri/c3_m4pi64_s16/seed0 | epoch 0 of 1 | | | | | ?, float32 |" in text
@@ -100,53 +102,22 @@ def test_campaign_progress_lists_every_run_with_its_state(tmp_path):
 def test_campaign_commit_commits_each_finished_run_once_with_its_records_only(tmp_path):
     # scripts/campaign_progress.py --commit: one commit per finished run, its records and progress.md, never the
     # checkpoint, never an unfinished run, never what else is staged; a second pass commits nothing.
-    import runpy
-
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
     subprocess.run([*git, "init", "-q"], check=True)
-    path = repo / "tiny.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "name": "tiny",
-                "datasets": ["digits"],
-                "seeds": [0],
-                "train": TINY_TRAIN,
-                "important": {"classes": {"digits": [3]}},
-                "methods": {"ce": {}, "camri": {}},
-            }
-        )
-    )
-    (repo / "notes.txt").write_text("staged, not the script's\n")
+    path, _, script = campaign(tmp_path)
+    (tmp_path / "notes.txt").write_text("staged, not the script's\n")
     subprocess.run([*git, "add", "tiny.yaml", "notes.txt"], check=True)
-    results = repo / "results"
-    specs = {
-        s.key: s for s in sweep.expand(profiles.load_profile(str(path)), "all", {"digits": [3]}, results_dir=results)
-    }
-    ce = specs["digits/ce/default/seed0"].out_dir
-    write_summary(specs["digits/ce/default/seed0"], [0.9] * 10, 0.86)
-    for name in (rundir.CONFIG, rundir.LOG, rundir.CHECKPOINT):
-        (ce / name).write_text("{}")
-    started = specs["digits/camri/c3_m4pi64_s16/seed0"].out_dir
-    started.mkdir(parents=True)
-    (started / rundir.CONFIG).write_text("{}")
-
-    script = runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "campaign_progress.py"))
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        assert script["commit_finished"](str(path), results) == (["digits/ce/default/seed0"], 3)
-        assert script["commit_finished"](str(path), results) == ([], 3)  # CAMRI and the two Fig. 3 runs
+        for key in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
+            mp.setenv(key, "t")
+        # CAMRI and the two Fig. 3 runs are not finished.
+        assert script["commit_finished"](str(path), tmp_path / "results") == (["digits/ce/default/seed0"], 3)
+        assert script["commit_finished"](str(path), tmp_path / "results") == ([], 3)
     log = subprocess.run([*git, "log", "--format=%s"], capture_output=True, text=True, check=True).stdout
     assert log.splitlines() == ["tiny digits/ce/default/seed0: finished (test accuracy 0.8600)"]
     shown = subprocess.run([*git, "show", "--name-only", "--format="], capture_output=True, text=True, check=True)
     run = "results/tiny/runs/digits/ce/default/seed0"
-    assert sorted(shown.stdout.split()) == sorted(
-        ["results/tiny/progress.md", f"{run}/config.json", f"{run}/log.txt", f"{run}/summary.json"]
-    )
+    assert sorted(shown.stdout.split()) == ["results/tiny/progress.md", f"{run}/log.txt", f"{run}/summary.json"]
     status_lines = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True, check=True).stdout
     assert "A  notes.txt" in status_lines and "A  tiny.yaml" in status_lines  # still staged, not committed
 

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -149,6 +150,29 @@ def test_angle_histograms_report_the_relative_variance():
         f"CE, 3 seeds pooled: rel. var {relative:.2f}",
         f"CAMRI: rel. var {relative:.2f}",
     ]
+
+
+def test_class_recall_labels_neither_overlap_nor_leave_the_figure():
+    # CIFAR-10's names at 10 bars ran into each other ("airplanedeer", "frogautomobileship") and its title
+    # ran off the figure's right edge (results/cifar10, 2026-12-06).
+    names = ["cat", "dog", "bird", "airplane", "deer", "horse", "truck", "frog", "automobile", "ship"]
+    recalls = pd.DataFrame(
+        {"class_index": range(10), "class_name": names, "recall_mean": 0.8, "recall_std": 0.01, "rank": range(10)}
+    )
+    title = "CIFAR-10 (JPEG copy): CE validation recall per class (mean ± std over 3 seeds)"
+    fig = plots.plot_class_recall(recalls, title=title, split="validation")
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    boxes = [label.get_window_extent(renderer) for label in fig.axes[0].get_xticklabels()]
+    assert len(boxes) == 10
+    assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))
+    inside = fig.bbox
+    for box in [*boxes, fig.axes[0].title.get_window_extent(renderer)]:
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1
+    assert fig.axes[0].title.get_text().replace("\n", " ") == title
+    # Short names (digits) stay horizontal.
+    digits = recalls.assign(class_name=[str(i) for i in range(10)])
+    assert {t.get_rotation() for t in plots.plot_class_recall(digits).axes[0].get_xticklabels()} == {0.0}
 
 
 def test_bar_and_point_figures():

@@ -117,36 +117,31 @@ def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True)
 
 
-def _tracked(path: Path) -> bool:
-    listed = subprocess.run(
-        ["git", "ls-files", "--error-unmatch", "--", path.name], cwd=path.parent, capture_output=True
-    )
-    return listed.returncode == 0
+def _tracked(root: Path) -> set[Path]:
+    """Every file below ``root`` that git tracks (one ``git ls-files`` for the whole profile)."""
+    listed = _git(root, "ls-files", "-z", "--", ".").stdout
+    return {(root / name).resolve() for name in listed.split("\0") if name}
 
 
 def commit_finished(profile_path: str, results_dir=None) -> tuple[list[str], int]:
     """Commit each finished, not yet committed run of the profile (its records and progress.md, one commit per
     run). Returns the keys committed and how many known runs are not finished."""
     profile, root, specs, _ = _campaign(profile_path, results_dir)
-    committed = []
-    for spec in specs:
-        if not spec.finished or _tracked(spec.out_dir / rundir.SUMMARY):
-            continue
+    remaining = sum(not s.finished for s in specs)
+    finished = [s for s in specs if s.finished]
+    tracked = _tracked(root) if finished else set()
+    new = [s for s in finished if (s.out_dir / rundir.SUMMARY).resolve() not in tracked]
+    if not new:
+        return [], remaining
+    # Written once for the pass: it already counts every run committed below.
+    progress_file = str(progress(profile_path, results_dir))
+    for spec in new:
         records = [str(spec.out_dir / name) for name in rundir.RECORDS if (spec.out_dir / name).is_file()]
-        paths = [*records, str(progress(profile_path, results_dir))]
         accuracy = rundir.read_summary(spec.out_dir)["accuracy"]
-        _git(root, "add", "--", *paths)
-        _git(
-            root,
-            "commit",
-            "-q",
-            "-m",
-            f"{profile.name} {spec.key}: finished (test accuracy {accuracy:.4f})",
-            "--",
-            *paths,
-        )
-        committed.append(spec.key)
-    return committed, sum(not s.finished for s in specs)
+        message = f"{profile.name} {spec.key}: finished (test accuracy {accuracy:.4f})"
+        _git(root, "add", "--", *records, progress_file)
+        _git(root, "commit", "-q", "-m", message, "--", *records, progress_file)
+    return [s.key for s in new], remaining
 
 
 def watch(profile_paths: list[str], results_dir=None, every_s: float = 60.0) -> None:

@@ -154,7 +154,17 @@ def _class_names(profile: Profile, dataset: str) -> list[str]:
 
 
 class BaselineNotFinished(RuntimeError):
-    """The important classes are chosen from the CE baseline, which is not finished yet."""
+    """The important classes are chosen from the CE baseline, which is not finished yet: ``dataset`` (the
+    profile's spelling), ``missing`` (the unfinished run keys) and ``total`` (the baseline's run count) let a
+    report word it for its readers (scripts/campaign_progress.py names the data set, never its local path)."""
+
+    def __init__(self, dataset: str, missing: list[str], total: int):
+        self.dataset, self.missing, self.total = dataset, missing, total
+        super().__init__(
+            f"the important classes of {dataset} are chosen from its CE baseline, and {len(missing)} of its "
+            f"{total} runs are not finished (e.g. {missing[0]}): run the baseline stage first, or "
+            "fix important.classes in the profile"
+        )
 
 
 def choose_important(profile: Profile | str, results_dir=None, *, record: bool = True) -> dict[str, list[int]]:
@@ -188,11 +198,7 @@ def choose_important(profile: Profile | str, results_dir=None, *, record: bool =
         baseline = [s for s in expand(profile, "baseline", results_dir=results_dir) if s.config.dataset == dataset]
         missing = [s.key for s in baseline if not s.finished]
         if missing:
-            raise BaselineNotFinished(
-                f"the important classes of {dataset} are chosen from its CE baseline, and {len(missing)} of its "
-                f"{len(baseline)} runs are not finished (e.g. {missing[0]}): run the baseline stage first, or "
-                "fix important.classes in the profile"
-            )
+            raise BaselineNotFinished(dataset, missing, len(baseline))
         from camri import protocol  # pandas/scipy: imported only when a choice is made
 
         runs = protocol.load_runs(root / "runs" / dataset_slug(dataset) / "ce")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from camri import rundir, sweep
 from camri.io import atomic_write_text
+from camri.names import dataset_label
 from camri.profile import load_profile, profile_dir
 
 
@@ -69,7 +70,11 @@ def _campaign(profile_path: str, results_dir=None) -> tuple:
     try:
         important = sweep.choose_important(profile, results_dir, record=False)
     except sweep.BaselineNotFinished as waiting:
-        lines = [f"Important classes: not chosen yet ({waiting}).", ""]
+        lines = [
+            f"Important classes of {dataset_label(waiting.dataset)}: not chosen yet, {len(waiting.missing)} of "
+            f"its {waiting.total} CE baseline runs are not finished.",
+            "",
+        ]
     else:
         lines = []
         specs += sweep.expand(profile, "methods", important, results_dir=results_dir)
@@ -86,7 +91,7 @@ def _campaign(profile_path: str, results_dir=None) -> tuple:
                 for r in rows
             )
             source = f"from CE on the {' and '.join(sorted(splits))} split" if splits else "fixed by the profile"
-            lines += [f"Important classes of {dataset} ({source}): {described}.", ""]
+            lines += [f"Important classes of {dataset_label(dataset)} ({source}): {described}.", ""]
     specs += sweep.fig3_specs(profile, results_dir)
     return profile, root, specs, lines
 

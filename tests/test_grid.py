@@ -99,6 +99,20 @@ def test_campaign_progress_lists_every_run_with_its_state(tmp_path):
     assert "| fig3/digits/ce/default/seed0 | not started |" in text
 
 
+def test_campaign_progress_names_a_waiting_data_set_as_readers_know_it(tmp_path):
+    # progress.md is committed: before the baseline has chosen the roles it printed the data set's local path.
+    import runpy
+
+    path = tmp_path / "folder.yaml"
+    source = f"imagefolder:{tmp_path}/cifar10-jpeg.zip"
+    raw = {"name": "folder", "datasets": [source], "seeds": [0, 1], "train": TINY_TRAIN}
+    path.write_text(yaml.safe_dump(raw | {"important": {"roles": ["worst1"]}, "methods": {"ce": {}, "camri": {}}}))
+    progress = runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "campaign_progress.py"))["progress"]
+    text = progress(str(path), tmp_path).read_text()
+    assert "Important classes of CIFAR-10 (JPEG copy): not chosen yet, 2 of its 2 CE baseline runs" in text
+    assert "imagefolder:" not in text and "cifar10-jpeg.zip" not in text
+
+
 def test_campaign_commit_commits_each_finished_run_once_with_its_records_only(tmp_path):
     # scripts/campaign_progress.py --commit: one commit per finished run, its records and progress.md, never the
     # checkpoint, never an unfinished run, never what else is staged; a second pass commits nothing.
@@ -344,7 +358,10 @@ def test_important_split_test_ranks_the_classes_on_test_while_settings_stay_on_v
     path.write_text(yaml.safe_dump(raw | {"important": {"roles": ["worst1", "worst2"], "split": "test"}}))
     progress = runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "campaign_progress.py"))["progress"]
     text = progress(str(path), tmp_path).read_text()
-    assert "Important classes of digits (from CE on the test split): worst1 = 7 (CE test recall 0.300)" in text
+    assert (
+        "Important classes of digits (scikit-learn, 8x8) (from CE on the test split): worst1 = 7 (CE test recall 0.300)"
+        in text
+    )
     # Unset, the roles follow protocol.selection.
     assert profile(important={"roles": ["worst1"]}).important.split is None
     with pytest.raises(ValueError, match=r"important.split: Input should be 'validation' or 'test'"):

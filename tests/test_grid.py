@@ -65,11 +65,16 @@ def write_summary(spec: sweep.RunSpec, recall: list[float], accuracy: float, val
     (spec.out_dir / "summary.json").write_text(json.dumps(summary))
 
 
+def campaign_script() -> dict:
+    """scripts/campaign_progress.py's functions (a script, not a module of the package)."""
+    import runpy
+
+    return runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "campaign_progress.py"))
+
+
 def campaign(folder: Path) -> tuple[Path, dict, dict]:
     """A tiny campaign for scripts/campaign_progress.py: its profile file, its run specs by key, and the
     script's functions; the CE run finished (with a checkpoint beside its records), the CAMRI run started."""
-    import runpy
-
     path = folder / "tiny.yaml"
     raw = {"name": "tiny", "datasets": ["digits"], "seeds": [0], "train": TINY_TRAIN}
     raw |= {
@@ -86,7 +91,7 @@ def campaign(folder: Path) -> tuple[Path, dict, dict]:
     camri_run = specs["digits/camri/c3_m4pi64_s16/seed0"].out_dir
     camri_run.mkdir(parents=True)
     (camri_run / "config.json").write_text(json.dumps({"config": {}, "segments": [{"amp_bf16": False}]}))
-    return path, specs, runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "campaign_progress.py"))
+    return path, specs, campaign_script()
 
 
 def test_campaign_progress_lists_every_run_with_its_state(tmp_path):
@@ -101,13 +106,11 @@ def test_campaign_progress_lists_every_run_with_its_state(tmp_path):
 
 def test_campaign_progress_names_a_waiting_data_set_as_readers_know_it(tmp_path):
     # progress.md is committed: before the baseline has chosen the roles it printed the data set's local path.
-    import runpy
-
     path = tmp_path / "folder.yaml"
     source = f"imagefolder:{tmp_path}/cifar10-jpeg.zip"
     raw = {"name": "folder", "datasets": [source], "seeds": [0, 1], "train": TINY_TRAIN}
     path.write_text(yaml.safe_dump(raw | {"important": {"roles": ["worst1"]}, "methods": {"ce": {}, "camri": {}}}))
-    progress = runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "campaign_progress.py"))["progress"]
+    progress = campaign_script()["progress"]
     text = progress(str(path), tmp_path).read_text()
     assert "Important classes of CIFAR-10 (JPEG copy): not chosen yet, 2 of its 2 CE baseline runs" in text
     assert "imagefolder:" not in text and "cifar10-jpeg.zip" not in text
@@ -351,12 +354,10 @@ def test_important_split_test_ranks_the_classes_on_test_while_settings_stay_on_v
     recorded = json.loads((tmp_path / "tiny_test" / "important.json").read_text())["digits"]
     assert [(r["class_index"], r["split"], r["recall_mean"]) for r in recorded] == [(7, "test", 0.3), (2, "test", 0.5)]
     # progress.md says where they were ranked (it said protocol.selection's split whatever chose them).
-    import runpy
-
     path = tmp_path / "tiny_test.yaml"
     raw = {"name": "tiny_test", "datasets": ["digits"], "seeds": [0], "train": TINY_TRAIN}
     path.write_text(yaml.safe_dump(raw | {"important": {"roles": ["worst1", "worst2"], "split": "test"}}))
-    progress = runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "campaign_progress.py"))["progress"]
+    progress = campaign_script()["progress"]
     text = progress(str(path), tmp_path).read_text()
     assert (
         "Important classes of digits (scikit-learn, 8x8) (from CE on the test split): worst1 = 7 (CE test recall 0.300)"

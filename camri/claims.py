@@ -3,9 +3,10 @@
 Nothing here is typed by hand: ``check_claims`` derives every verdict and number from the protocol's
 selections (``protocol.select_all``) and chosen important classes, ``claims_markdown`` writes them out, and
 ``camri reproduce`` / ``camri figures`` write claims.md beside Table 1. The README and
-docs/reproduction.md quote these files between ``<!-- claims: PATH -->`` and ``<!-- /claims -->`` markers,
-and Table 1 between ``<!-- table1: PATH -->`` and ``<!-- /table1 -->`` (``quote_claims`` fills them in; a
-test fails when a quote and its file disagree).
+docs/reproduction.md quote these files between ``<!-- claims: PATH -->`` and ``<!-- /claims -->`` markers
+(the summary), ``<!-- checks: PATH -->`` and ``<!-- /checks -->`` (the checks that have a verdict, with their
+evidence: what a campaign in progress already says), and Table 1 between ``<!-- table1: PATH -->`` and
+``<!-- /table1 -->`` (``quote_claims`` fills them in; a test fails when a quote and its file disagree).
 
 Verdicts, per cell (data set × important class) unless said otherwise:
 - ``holds``: the runs support the claim: for a comparison, the paired 95 % interval of the difference
@@ -56,10 +57,11 @@ VERSUS = ("ArcFace", "WCE", "CRWWCE", "CE+bias")
 TABLE_METHODS = ("CAMRI", "ArcFace", "CRWWCE", "WCE", "CE")
 PAPER_BEST_FRACTION = 8 / 9
 CLAIM_COLUMNS = ("claim", "dataset", "role", "class_name", "versus", "verdict", "evidence")
-# One marker pair per kind of generated file: claims.md's summary or Table 1's tables (table1.md).
+# One marker pair per kind of quote: claims.md's summary, claims.md's checked rows, Table 1's tables (table1.md).
 _QUOTE = re.compile(
-    r"(<!-- (?P<kind>claims|table1): (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /(?P=kind) -->)", re.DOTALL
+    r"(<!-- (?P<kind>claims|checks|table1): (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /(?P=kind) -->)", re.DOTALL
 )
+_CHECKS_HEADER = "| claim | data set | cell | versus | verdict | evidence |"
 
 
 def _row(claim, dataset, role="", class_name="", versus="", verdict=UNCHECKABLE, evidence=""):
@@ -265,13 +267,7 @@ def claims_markdown(claims: pd.DataFrame, *, title: str, context: Sequence[str])
         "",
     ]
     out += [f"- {line}" for line in context] + ["", "## Summary", ""] + summary_lines(claims)
-    out += [
-        "",
-        "## Every check",
-        "",
-        "| claim | data set | cell | versus | verdict | evidence |",
-        "|---|---|---|---|---|---|",
-    ]
+    out += ["", "## Every check", "", _CHECKS_HEADER, "|---|---|---|---|---|---|"]
     for row in claims.to_dict("records"):
         cell = f"{row['role']}: {row['class_name']}" if row["role"] else ""
         evidence = str(row["evidence"]).replace("|", "\\|")
@@ -292,6 +288,20 @@ def _summary_block(claims_file: Path) -> str:
     return f"{summary}\n"
 
 
+def _checks_block(claims_file: Path) -> str:
+    """The rows of claims.md's "Every check" table that have a verdict, and a line counting the rows left out
+    (``not checkable``: a campaign in progress has many, and they say only what has not run yet)."""
+    table = claims_file.read_text(encoding="utf-8").split(_CHECKS_HEADER, 1)[1].strip().splitlines()
+    rows = table[1:]  # table[0] is the |---| line
+    kept = [row for row in rows if f"**{UNCHECKABLE}**" not in row]
+    if not kept:
+        return f"No check has a verdict yet: all {len(rows)} are {UNCHECKABLE}.\n"
+    out = [_CHECKS_HEADER, table[0], *kept]
+    if len(kept) < len(rows):
+        out += ["", f"Left out: {len(rows) - len(kept)} checks that are {UNCHECKABLE} (claims.md lists them)."]
+    return "\n".join(out) + "\n"
+
+
 def _table1_block(table_file: Path) -> str:
     """table1.md from its legend on (the legend, the PARTIAL line if any, each data set's table), without
     its title and with each data set's heading in bold: the quote sits under the document's own headings."""
@@ -299,13 +309,14 @@ def _table1_block(table_file: Path) -> str:
     return re.sub(r"^## (.+)$", r"**\1**", text, flags=re.MULTILINE) + "\n"
 
 
-_BLOCKS = {"claims": _summary_block, "table1": _table1_block}
+_BLOCKS = {"claims": _summary_block, "checks": _checks_block, "table1": _table1_block}
 
 
 def quote_claims(document: str, root: str | Path) -> str:
     """``document`` with every ``<!-- claims: PATH -->`` … ``<!-- /claims -->`` block replaced by the summary of
-    PATH (relative to ``root``, the repository), and every ``<!-- table1: PATH -->`` … ``<!-- /table1 -->``
-    block by that table1.md's tables; a missing file is an error naming it."""
+    PATH (relative to ``root``, the repository), every ``<!-- checks: PATH -->`` … ``<!-- /checks -->`` block by
+    PATH's checks that have a verdict, and every ``<!-- table1: PATH -->`` … ``<!-- /table1 -->`` block by that
+    table1.md's tables; a missing file is an error naming it."""
 
     def replace(match: re.Match) -> str:
         path = Path(root) / match["path"]

@@ -161,3 +161,21 @@ def test_markdown_and_quotes(selections, important, tmp_path):
     assert claims.quote_claims(quoted, tmp_path) == quoted
     unmatched = "<!-- table1: results/p/table1.md -->\nSTALE\n<!-- /claims -->\n"
     assert claims.quote_claims(unmatched, tmp_path) == unmatched
+
+
+def test_checks_quote_keeps_the_rows_with_a_verdict(selections, important, tmp_path):
+    table = claims.check_claims(selections, important)
+    claims.write_claims(table, tmp_path / "results" / "p", title="t", context=[])
+    quoted = claims.quote_claims("<!-- checks: results/p/claims.md -->\nSTALE\n<!-- /checks -->\n", tmp_path)
+    rows = [line for line in quoted.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    decided = table[table["verdict"] != claims.UNCHECKABLE]
+    assert len(rows) == len(decided) > 0 and "STALE" not in quoted
+    assert not any("**not checkable**" in row for row in rows)
+    left_out = int((table["verdict"] == claims.UNCHECKABLE).sum())
+    assert left_out > 0 and f"Left out: {left_out} checks that are not checkable" in quoted  # no CRWWCE runs
+    assert claims.quote_claims(quoted, tmp_path) == quoted  # idempotent
+    # Nothing decided yet: one line says so instead of an empty table.
+    waiting = table.assign(verdict=claims.UNCHECKABLE)
+    claims.write_claims(waiting, tmp_path / "results" / "q", title="t", context=[])
+    quoted = claims.quote_claims("<!-- checks: results/q/claims.md -->\n<!-- /checks -->\n", tmp_path)
+    assert f"No check has a verdict yet: all {len(table)} are not checkable." in quoted

@@ -88,8 +88,8 @@ def _comparison_verdict(result: Mapping, lower_is_better: bool = False) -> str:
 
 
 def _setting(row: Mapping) -> str:
-    text = row["hyperparameters"] or "no hyperparameters"
-    return f"{row['method']} {text}".strip()
+    # CE has no hyperparameters: it is named by its method alone ("CE", not "CE no hyperparameters").
+    return f"{row['method']} {row['hyperparameters'] or ''}".strip()
 
 
 def _important_claims(dataset: str, important: pd.DataFrame, split: str) -> list[dict]:

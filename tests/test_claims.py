@@ -97,6 +97,8 @@ def test_verdicts_on_constructed_cells(selections, important):
     assert verdict(table, "important", "worst1") == claims.FAILS  # dog chosen, the paper's is cat
     assert verdict(table, "important", "median") == claims.HOLDS
     assert verdict(table, "recall", "worst1") == claims.HOLDS
+    recall = table[(table["claim"] == "recall") & (table["role"] == "worst1")].iloc[0]["evidence"]
+    assert " − CE: " in recall  # CE has no hyperparameters: named by its method alone
     assert verdict(table, "recall", "worst2") == claims.FAILS  # no CAMRI setting maintained accuracy
     recall = table[(table["claim"] == "recall") & (table["role"] == "worst2")].iloc[0]["evidence"]
     assert "validation accuracy 0.6100" in recall and "test recall 0.900 at accuracy 0.600" in recall

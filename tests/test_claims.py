@@ -84,12 +84,17 @@ def important():
     }
 
 
-def verdict(table, claim, role="", versus=None):
+def check(table, claim, role="", versus=None):
+    """The one row of ``table`` for this claim, role and (where given) compared method."""
     rows = table[(table["claim"] == claim) & (table["role"] == role)]
     if versus is not None:
         rows = rows[rows["versus"] == versus]
     assert len(rows) == 1, rows
-    return rows.iloc[0]["verdict"]
+    return rows.iloc[0]
+
+
+def verdict(table, claim, role="", versus=None):
+    return check(table, claim, role, versus)["verdict"]
 
 
 def test_verdicts_on_constructed_cells(selections, important):
@@ -97,10 +102,10 @@ def test_verdicts_on_constructed_cells(selections, important):
     assert verdict(table, "important", "worst1") == claims.FAILS  # dog chosen, the paper's is cat
     assert verdict(table, "important", "median") == claims.HOLDS
     assert verdict(table, "recall", "worst1") == claims.HOLDS
-    recall = table[(table["claim"] == "recall") & (table["role"] == "worst1")].iloc[0]["evidence"]
-    assert " − CE: " in recall  # CE has no hyperparameters: named by its method alone
+    # CE has no hyperparameters: it is named by its method alone.
+    assert " − CE: " in check(table, "recall", "worst1", "CE")["evidence"]
     assert verdict(table, "recall", "worst2") == claims.FAILS  # no CAMRI setting maintained accuracy
-    recall = table[(table["claim"] == "recall") & (table["role"] == "worst2")].iloc[0]["evidence"]
+    recall = check(table, "recall", "worst2")["evidence"]
     assert "validation accuracy 0.6100" in recall and "test recall 0.900 at accuracy 0.600" in recall
     assert verdict(table, "recall", "median") == claims.NOT_SHOWN
     assert verdict(table, "versus", "worst1", "ArcFace") == claims.HOLDS  # ArcFace: the paper's empty cell
@@ -110,7 +115,7 @@ def test_verdicts_on_constructed_cells(selections, important):
     assert verdict(table, "angles", "median") == claims.NOT_SHOWN  # equal variances: no interval
     # best: worst1 → WCE; worst2 → CE (CAMRI not qualified); median: CAMRI and CE both 0.75, a tie counts
     # for CAMRI → 1 of 3.
-    best = table[(table["claim"] == "best") & (table["versus"] == "")].iloc[0]
+    best = check(table, "best", versus="")
     assert best["verdict"] == claims.FAILS
     assert "CAMRI best in 1 of 3 cells" in best["evidence"] and "worst1 (cat): WCE" in best["evidence"]
 
@@ -119,7 +124,7 @@ def test_cells_without_camri_runs_do_not_count_against_it(selections, important)
     # A campaign in progress (camri figures --partial): worst2 and median have no finished CAMRI run yet.
     partial = selections[(selections["role"] == "worst1") | (selections["method"] != "CAMRI")]
     table = claims.check_claims(partial, important)
-    best = table[(table["claim"] == "best") & (table["versus"] == "")].iloc[0]
+    best = check(table, "best", versus="")
     assert best["verdict"] == claims.FAILS and "CAMRI best in 0 of 1 cells" in best["evidence"]
     assert "not counted, no finished CAMRI runs: CIFAR-10 worst2 (dog); CIFAR-10 median (airplane)" in best["evidence"]
     assert verdict(table, "recall", "median") == claims.UNCHECKABLE

@@ -62,6 +62,8 @@ _QUOTE = re.compile(
     r"(<!-- (?P<kind>claims|checks|table1): (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /(?P=kind) -->)", re.DOTALL
 )
 _CHECKS_HEADER = "| claim | data set | cell | versus | verdict | evidence |"
+# The markdown rule under the header, one "---" per column, so the two cannot disagree.
+_CHECKS_RULE = "|" + "---|" * (_CHECKS_HEADER.count("|") - 1)
 
 
 def _row(claim, dataset, role="", class_name="", versus="", verdict=UNCHECKABLE, evidence=""):
@@ -267,7 +269,7 @@ def claims_markdown(claims: pd.DataFrame, *, title: str, context: Sequence[str])
         "",
     ]
     out += [f"- {line}" for line in context] + ["", "## Summary", ""] + summary_lines(claims)
-    out += ["", "## Every check", "", _CHECKS_HEADER, "|---|---|---|---|---|---|"]
+    out += ["", "## Every check", "", _CHECKS_HEADER, _CHECKS_RULE]
     for row in claims.to_dict("records"):
         cell = f"{row['role']}: {row['class_name']}" if row["role"] else ""
         evidence = str(row["evidence"]).replace("|", "\\|")
@@ -292,11 +294,11 @@ def _checks_block(claims_file: Path) -> str:
     """The rows of claims.md's "Every check" table that have a verdict, and a line counting the rows left out
     (``not checkable``: a campaign in progress has many, and they say only what has not run yet)."""
     table = claims_file.read_text(encoding="utf-8").split(_CHECKS_HEADER, 1)[1].strip().splitlines()
-    rows = table[1:]  # table[0] is the |---| line
+    rows = table[1:]  # table[0] is _CHECKS_RULE
     kept = [row for row in rows if f"**{UNCHECKABLE}**" not in row]
     if not kept:
         return f"No check has a verdict yet: all {len(rows)} are {UNCHECKABLE}.\n"
-    out = [_CHECKS_HEADER, table[0], *kept]
+    out = [_CHECKS_HEADER, _CHECKS_RULE, *kept]
     if len(kept) < len(rows):
         out += ["", f"Left out: {len(rows) - len(kept)} checks that are {UNCHECKABLE} (claims.md lists them)."]
     return "\n".join(out) + "\n"

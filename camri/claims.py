@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from camri.analysis import markdown_table
 from camri.io import atomic_write_text
 from camri.names import display_dataset
 from camri.significance import format_difference, paired_difference
@@ -61,8 +62,8 @@ CLAIM_COLUMNS = ("claim", "dataset", "role", "class_name", "versus", "verdict", 
 _QUOTE = re.compile(
     r"(<!-- (?P<kind>claims|checks|table1): (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /(?P=kind) -->)", re.DOTALL
 )
+# claims.md's "Every check" table as analysis.markdown_table writes it (its header and rule).
 _CHECKS_HEADER = "| claim | data set | cell | versus | verdict | evidence |"
-# The markdown rule under the header, one "---" per column, so the two cannot disagree.
 _CHECKS_RULE = "|" + "---|" * (_CHECKS_HEADER.count("|") - 1)
 
 
@@ -269,13 +270,18 @@ def claims_markdown(claims: pd.DataFrame, *, title: str, context: Sequence[str])
         "",
     ]
     out += [f"- {line}" for line in context] + ["", "## Summary", ""] + summary_lines(claims)
-    out += ["", "## Every check", "", _CHECKS_HEADER, _CHECKS_RULE]
-    for row in claims.to_dict("records"):
-        cell = f"{row['role']}: {row['class_name']}" if row["role"] else ""
-        evidence = str(row["evidence"]).replace("|", "\\|")
-        out.append(
-            f"| {row['claim']} | {row['dataset']} | {cell} | {row['versus']} | **{row['verdict']}** | {evidence} |"
-        )
+    cells = [f"{role}: {name}" if role else "" for role, name in zip(claims["role"], claims["class_name"])]
+    checks = pd.DataFrame(
+        {
+            "claim": claims["claim"],
+            "data set": claims["dataset"],
+            "cell": cells,
+            "versus": claims["versus"],
+            "verdict": [f"**{verdict}**" for verdict in claims["verdict"]],
+            "evidence": claims["evidence"].astype(str),
+        }
+    )
+    out += ["", "## Every check", "", markdown_table(checks)]
     return "\n".join(out) + "\n"
 
 

@@ -289,7 +289,8 @@ class Study:
             "Comparisons pair the methods' chosen settings by seed: mean test difference with a 95 % "
             "interval (t below 10 pairs, bootstrap from 10); docs/protocol.md states every rule.",
         ]
-        return claims.write_claims(table, self.root, title=f"{self.name} ({shown})", context=context)
+        title = f"{self.name} ({shown})"
+        return claims.write_claims(table, self.root, title=title, context=context, partial=self.partial_headline())
 
     # ---- Fig. 3 ----
     def fig3_runs(self) -> dict[str, Path]:

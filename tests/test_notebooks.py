@@ -25,7 +25,7 @@ import yaml
 from matplotlib.figure import Figure
 from PIL import Image
 
-from camri import analysis, cli, notebooks, posthoc, protocol, reproduce, study, sweep, tables
+from camri import analysis, claims, cli, notebooks, posthoc, protocol, reproduce, study, sweep, tables
 from camri.losses import LOSSES
 from camri.profile import parse_profile
 
@@ -385,6 +385,8 @@ def test_figures_partial_renders_a_campaign_in_progress_and_says_so_everywhere(s
     mark = "PARTIAL: 3 of 4 runs of the methods stage have finished"
     assert mark in (out / "table1.md").read_text() and mark in (out / "table1.tex").read_text()
     assert mark in (out / "claims.md").read_text()
+    quoted = claims.quote_claims("<!-- claims: smoke/claims.md -->\n<!-- /claims -->\n", results)
+    assert mark in quoted  # a quote of the summary alone (README, docs) still says PARTIAL
     for stem in ("02_arcface", "03_camri", "04_table1", "05_angles"):
         assert mark in (out / "notebooks" / f"{stem}.ipynb").read_text(), stem
     table = pd.read_csv(out / "table1.csv").set_index("method")

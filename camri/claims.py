@@ -262,8 +262,9 @@ def summary_lines(claims: pd.DataFrame) -> list[str]:
 
 def claims_markdown(claims: pd.DataFrame, *, title: str, context: Sequence[str], partial: str = "") -> str:
     """claims.md: a title, the context lines (selection, reporting, seeds, source), the per-claim tally and
-    one table of every verdict with its evidence. ``partial`` (``Study.partial_headline``: "PARTIAL: k of n
-    runs ...") heads the tally, so that a quote of the summary alone (README, docs) still says it is partial."""
+    one table of every verdict with its evidence. ``partial`` (``Study.partial_note``: "**PARTIAL: k of n
+    runs ...**", what is missing and what that means), a markdown paragraph, heads the tally, so that a quote of
+    the summary alone (README, docs) still says it is partial."""
     out = [
         f"# Claims of the paper, checked: {title}",
         "",
@@ -272,7 +273,7 @@ def claims_markdown(claims: pd.DataFrame, *, title: str, context: Sequence[str],
     ]
     out += [f"- {line}" for line in context] + ["", "## Summary", ""]
     if partial:
-        out += [f"**{partial}**: these verdicts are from the finished runs only and change as the rest finish.", ""]
+        out += [partial, ""]
     out += summary_lines(claims)
     cells = [f"{role}: {name}" if role else "" for role, name in zip(claims["role"], claims["class_name"])]
     checks = pd.DataFrame(

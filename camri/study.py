@@ -227,7 +227,7 @@ class Study:
     # ---- how the choices were made, both protocols, the claims ----
     def protocol_note(self, selections) -> str:
         """Markdown: where the choices were made, what is reported, and how many seeds (a warning below 5:
-        the paper averaged ten trials)."""
+        the paper averaged ten trials). Not the PARTIAL mark: each output places ``partial_note`` once."""
         from camri.analysis import seed_counts
 
         p = self.profile.protocol
@@ -256,8 +256,6 @@ class Study:
                 f"(tolerance {p.accuracy_tolerance:g}) and the best "
             )
         lines = [f"{chosen}setting per method chosen {where}; numbers are {report}; n = {seeds} seeds per setting."]
-        if self.partial_note():
-            lines.insert(0, self.partial_note())
         if fewest < 5:
             lines.append(
                 f"**Warning: {fewest} seed(s)** per setting at the fewest. The paper averaged ten trials; "
@@ -290,7 +288,7 @@ class Study:
             "interval (t below 10 pairs, bootstrap from 10); docs/protocol.md states every rule.",
         ]
         title = f"{self.name} ({shown})"
-        return claims.write_claims(table, self.root, title=title, context=context, partial=self.partial_headline())
+        return claims.write_claims(table, self.root, title=title, context=context, partial=self.partial_note())
 
     # ---- Fig. 3 ----
     def fig3_runs(self) -> dict[str, Path]:

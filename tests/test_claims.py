@@ -154,10 +154,11 @@ def test_markdown_and_quotes(selections, important, tmp_path):
     assert "stale text" not in quoted and "- **recall**" in quoted and quoted.endswith("<!-- /claims -->\nEnd\n")
     assert claims.quote_claims(quoted, tmp_path) == quoted  # idempotent
     assert "PARTIAL" not in quoted  # a complete campaign's summary carries no mark
-    claims.write_claims(table, tmp_path / "results" / "p", title="t", context=[], partial="PARTIAL: 2 of 3 runs")
+    note = "**PARTIAL: 2 of 3 runs** (1 missing). Every number here is from the finished runs only."
+    claims.write_claims(table, tmp_path / "results" / "p", title="t", context=[], partial=note)
     quoted = claims.quote_claims(document, tmp_path)
     summary = quoted.split("<!-- claims: results/p/claims.md -->\n", 1)[1]
-    assert summary.startswith("**PARTIAL: 2 of 3 runs**: these verdicts are from the finished runs only")
+    assert summary.startswith(note + "\n\n- **")  # the note, then the tally
     with pytest.raises(FileNotFoundError, match="camri reproduce"):
         claims.quote_claims("<!-- claims: results/none/claims.md -->\n<!-- /claims -->", tmp_path)
     # Table 1: quoted from its legend on (title dropped, data set headings in bold); the kinds do not mix.

@@ -72,8 +72,10 @@ def settings_table(
 def relative_variance_table(runs, selections, methods: Sequence[str] = ("CE", "ArcFace", "CAMRI")):
     """Per data set × important class × method (its "maintaining" choice of ``protocol.select_all``): the
     relative angle variance of the important class (its θ variance / the mean of the other classes'; from
-    each run's summary.json), mean and sample std over seeds. Columns: cell, dataset, role, class_index,
-    class_name, method, hyperparameters, n_seeds, relative_variance, relative_variance_std."""
+    each run's summary.json), mean and sample std over seeds, and the ratio's parts, means over seeds: the
+    class's mean θ to its weight and its θ variance, and the other classes' mean per-class θ variance (the
+    denominator). Columns: cell, dataset, role, class_index, class_name, method, hyperparameters, n_seeds,
+    relative_variance, relative_variance_std, angle_mean_deg, angle_var_deg2, others_var_deg2."""
     import numpy as np
     import pandas as pd
 
@@ -83,7 +85,11 @@ def relative_variance_table(runs, selections, methods: Sequence[str] = ("CE", "A
     rows = []
     chosen = selections[(selections["selection"] == "maintaining") & selections["method"].isin(methods)]
     for row in chosen.itertuples(index=False):
-        values = [float(by_path.at[p, "relative_angle_variance"].get(str(row.class_index), np.nan)) for p in row.paths]
+        c = int(row.class_index)
+        values = [float(by_path.at[p, "relative_angle_variance"].get(str(c), np.nan)) for p in row.paths]
+        # The parts, because a ratio near CE's can hide a class pulled toward its weight while its spread
+        # and the other classes' both grew (CIFAR-10's cat: docs/reproduction.md).
+        variances = [np.asarray(by_path.at[p, "angle_var_deg2"], dtype=float) for p in row.paths]
         rows.append(
             {
                 "cell": f"{names.display_dataset(row.dataset)} {row.role}: {row.class_name}",
@@ -96,6 +102,10 @@ def relative_variance_table(runs, selections, methods: Sequence[str] = ("CE", "A
                 "n_seeds": len(values),
                 "relative_variance": float(np.mean(values)),
                 "relative_variance_std": float(np.std(values, ddof=1)) if len(values) > 1 else np.nan,
+                "angle_mean_deg": float(np.mean([by_path.at[p, "angle_mean_deg"][c] for p in row.paths])),
+                "angle_var_deg2": float(np.mean([v[c] for v in variances])),
+                # NaN variances (a class without test samples) are left out, as in camri.metrics.
+                "others_var_deg2": float(np.mean([np.nanmean(np.delete(v, c)) for v in variances])),
             }
         )
     columns = [
@@ -109,6 +119,9 @@ def relative_variance_table(runs, selections, methods: Sequence[str] = ("CE", "A
         "n_seeds",
         "relative_variance",
         "relative_variance_std",
+        "angle_mean_deg",
+        "angle_var_deg2",
+        "others_var_deg2",
     ]
     table = pd.DataFrame(rows, columns=columns)
     order = {m: i for i, m in enumerate(methods)}

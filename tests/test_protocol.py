@@ -501,3 +501,46 @@ def test_epoch_curves_average_metrics_csv_over_seeds(tmp_path):
     camri = table[table["method"] == "CAMRI"].set_index("epoch")
     assert camri.loc[2, "recall_mean"] == pytest.approx(0.7) and math.isnan(camri.loc[2, "recall_std"])
     assert camri["hyperparameters"].iloc[0] == "m=4π/64, s=16"
+
+
+def test_relative_variance_table_reports_the_ratio_and_its_parts():
+    from camri import metrics
+
+    # Three classes; the important class is c1. θ variances (deg²) per class and seed: CAMRI seed 0
+    # [100, 60, 140]: others' mean 120, ratio 0.5; CAMRI seed 1 [200, 30, NaN] (c2 has no test sample):
+    # others' mean 200, ratio 0.15; CE [90, 90, 90]: ratio 1.
+    variances = {"camri0": [100.0, 60.0, 140.0], "camri1": [200.0, 30.0, math.nan], "ce0": [90.0, 90.0, 90.0]}
+    means = {"camri0": [50.0, 20.0, 70.0], "camri1": [50.0, 30.0, 70.0], "ce0": [60.0, 60.0, 60.0]}
+    runs = pd.DataFrame(
+        {
+            "path": list(variances),
+            "angle_var_deg2": list(variances.values()),
+            "angle_mean_deg": list(means.values()),
+            "relative_angle_variance": [metrics.relative_angle_variance(v, [1]) for v in variances.values()],
+        }
+    )
+    assert runs.at[1, "relative_angle_variance"] == {"1": pytest.approx(0.15)}
+    cell = {"dataset": "cifar10", "role": "worst1", "class_index": 1, "class_name": "c1"}
+    selections = pd.DataFrame(
+        [
+            {
+                **cell,
+                "selection": "maintaining",
+                "method": "CAMRI",
+                "hyperparameters": "m",
+                "paths": ("camri0", "camri1"),
+            },
+            {**cell, "selection": "maintaining", "method": "CE", "hyperparameters": "", "paths": ("ce0",)},
+            {**cell, "selection": "best", "method": "CAMRI", "hyperparameters": "m", "paths": ("not a run",)},
+        ]
+    )
+    table = analysis.relative_variance_table(runs, selections).set_index("method")
+    assert list(table.index) == ["CE", "CAMRI"]  # the methods' order; the "best" row is not read
+    camri = table.loc["CAMRI"]
+    assert camri["n_seeds"] == 2 and camri["relative_variance"] == pytest.approx((0.5 + 0.15) / 2)
+    assert camri["relative_variance_std"] == pytest.approx(math.sqrt(2) * 0.175)  # (0.5, 0.15): sample std
+    assert camri["angle_mean_deg"] == pytest.approx(25.0) and camri["angle_var_deg2"] == pytest.approx(45.0)
+    assert camri["others_var_deg2"] == pytest.approx(160.0)  # (120 + 200) / 2: the NaN class left out
+    ce = table.loc["CE"]
+    assert ce["relative_variance"] == pytest.approx(1.0) and math.isnan(ce["relative_variance_std"])
+    assert ce["angle_var_deg2"] == pytest.approx(90.0) and ce["others_var_deg2"] == pytest.approx(90.0)

@@ -404,6 +404,31 @@ def test_checkpoint_requeues_the_same_run(tmp_path):
     assert sweep.RunSpec.from_json(spec.to_json()) == spec
 
 
+def test_a_requeue_call_cut_short_is_logged_as_an_interruption_not_a_failure(tmp_path, monkeypatch):
+    # submitit's preemption handler runs `scontrol requeue`; SLURM may end that child with the job
+    # (CalledProcessError, died with SIGTERM) although the job is requeued: log.txt says interrupted.
+    spec = sweep.expand(profile(), "baseline", results_dir=tmp_path)[0]
+
+    def raises(error):
+        def execute_spec(spec, job):
+            raise error
+
+        return execute_spec
+
+    cut = subprocess.CalledProcessError(-signal.SIGTERM, ["scontrol", "requeue", "303_1"])
+    monkeypatch.setattr(slurm, "execute_spec", raises(cut))
+    with pytest.raises(subprocess.CalledProcessError):
+        slurm._train_logged(spec, "303_1")
+    log = (spec.out_dir / rundir.LOG).read_text()
+    assert "== camri grid: interrupted (preempted; SLURM ended submitit's requeue call)" in log
+    assert "Traceback" not in log
+    # Any other failed command is the run's failure: its traceback goes into log.txt.
+    monkeypatch.setattr(slurm, "execute_spec", raises(subprocess.CalledProcessError(1, ["scontrol", "show"])))
+    with pytest.raises(subprocess.CalledProcessError):
+        slurm._train_logged(spec, "303_1")
+    assert "Traceback" in (spec.out_dir / rundir.LOG).read_text()
+
+
 def test_changed_profile_stops_before_any_run(tmp_path):
     p = profile()
     spec = sweep.expand(p, "baseline", results_dir=tmp_path)[0]

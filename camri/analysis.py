@@ -80,6 +80,7 @@ def relative_variance_table(runs, selections, methods: Sequence[str] = ("CE", "A
     import pandas as pd
 
     from camri import protocol
+    from camri.metrics import others_mean_variance
 
     by_path = runs.set_index("path")
     rows = []
@@ -89,7 +90,7 @@ def relative_variance_table(runs, selections, methods: Sequence[str] = ("CE", "A
         values = [float(by_path.at[p, "relative_angle_variance"].get(str(c), np.nan)) for p in row.paths]
         # The parts, because a ratio near CE's can hide a class pulled toward its weight while its spread
         # and the other classes' both grew (CIFAR-10's cat: docs/reproduction.md).
-        variances = [np.asarray(by_path.at[p, "angle_var_deg2"], dtype=float) for p in row.paths]
+        variances = [[float(v) for v in by_path.at[p, "angle_var_deg2"]] for p in row.paths]
         rows.append(
             {
                 "cell": f"{names.display_dataset(row.dataset)} {row.role}: {row.class_name}",
@@ -104,8 +105,7 @@ def relative_variance_table(runs, selections, methods: Sequence[str] = ("CE", "A
                 "relative_variance_std": float(np.std(values, ddof=1)) if len(values) > 1 else np.nan,
                 "angle_mean_deg": float(np.mean([by_path.at[p, "angle_mean_deg"][c] for p in row.paths])),
                 "angle_var_deg2": float(np.mean([v[c] for v in variances])),
-                # NaN variances (a class without test samples) are left out, as in camri.metrics.
-                "others_var_deg2": float(np.mean([np.nanmean(np.delete(v, c)) for v in variances])),
+                "others_var_deg2": float(np.mean([others_mean_variance(v, c) for v in variances])),
             }
         )
     columns = [

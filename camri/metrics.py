@@ -43,16 +43,21 @@ def angle_statistics(theta_deg: torch.Tensor, labels: torch.Tensor, num_classes:
     return means, variances
 
 
-def relative_angle_variance(variances: list[float], important) -> dict[str, float]:
-    """{str(c): var_c / mean of the other classes' variances} for each important class c.
+def others_mean_variance(variances: list[float], c: int) -> float:
+    """The mean of the classes' variances other than c's (the relative angle variance's denominator);
+    classes with a NaN variance (no test samples) are left out; 0.0 when no other class has one."""
+    others = [v for k, v in enumerate(variances) if k != c and not math.isnan(v)]
+    return sum(others) / len(others) if others else 0.0
 
-    Classes with a NaN variance (no test samples) are left out of the mean. The ratio is NaN where it is
-    undefined: c has no test samples, no other class has any, or the other classes' mean variance is 0
-    (every other class has a single test sample, or all its angles are equal).
+
+def relative_angle_variance(variances: list[float], important) -> dict[str, float]:
+    """{str(c): var_c / ``others_mean_variance``} for each important class c.
+
+    The ratio is NaN where it is undefined: c has no test samples, no other class has any, or the other
+    classes' mean variance is 0 (every other class has a single test sample, or all its angles are equal).
     """
     result = {}
     for c in important:
-        others = [v for k, v in enumerate(variances) if k != c and not math.isnan(v)]
-        mean_others = sum(others) / len(others) if others else 0.0
+        mean_others = others_mean_variance(variances, c)
         result[str(c)] = variances[c] / mean_others if mean_others > 0 else math.nan
     return result
